@@ -1,0 +1,1 @@
+"""Reading and writing studies: nnU-Net raw datasets, DICOM folders, prediction outputs."""

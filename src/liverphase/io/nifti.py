@@ -1,0 +1,430 @@
+"""NIfTI images and the nnU-Net v2 raw dataset layout with its `cases.csv` sidecar (DESIGN.md)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from liverphase.atomic import atomic_path, atomic_write_json, atomic_write_text
+from liverphase.errors import DatasetError, GeometryError, InputFileError, LiverphaseError
+from liverphase.io.study import Study, same_grid
+from liverphase.phases import DEFAULT_REFERENCE_PHASE
+
+CASES_CSV = "cases.csv"
+_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read a NIfTI (or any SimpleITK-readable) image and check it is whole and finite."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError("file not found", path)
+    if path.name.endswith((".nii", ".nii.gz")):
+        image, arr = _read_nifti(path)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise InputFileError(f"unreadable image ({_first_line(exc)})", path) from None
+        arr = sitk.GetArrayViewFromImage(image)
+    if image.GetDimension() != 3:
+        raise InputFileError(f"expected a 3D image, got {image.GetDimension()}D", path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputFileError("expected a scalar image, got a vector image", path)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        n = int((~np.isfinite(arr)).sum())
+        raise InputFileError(f"{n} voxel(s) are NaN or infinite", path)
+    return image
+
+
+# nibabel works in RAS, SimpleITK (and DICOM) in LPS.
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _read_nifti(path: Path) -> tuple[sitk.Image, np.ndarray]:
+    """Read NIfTI with nibabel (SimpleITK silently turns NaN into 0 and reads truncated files)."""
+    try:
+        nii = nib.load(str(path))
+        arr = np.asanyarray(nii.dataobj)
+    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError, zlib.error) as exc:
+        raise InputFileError(f"truncated or unreadable NIfTI ({_first_line(exc)})", path) from None
+    arr = np.squeeze(arr, axis=tuple(range(3, arr.ndim))) if arr.ndim > 3 else arr
+    if arr.ndim != 3:
+        return sitk.GetImageFromArray(np.zeros((1, 1, 1))), arr
+    affine = nii.affine
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if np.any(zooms <= 0):
+        raise InputFileError("degenerate affine (zero voxel size)", path)
+    direction = _RAS_TO_LPS @ affine[:3, :3] / zooms
+    u, _, vt = np.linalg.svd(direction)
+    ortho = u @ vt
+    if np.abs(ortho - direction).max() > 1e-3:
+        raise InputFileError("affine has shear; only rigid orientations are supported", path)
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    elif arr.dtype.byteorder not in ("=", "|"):
+        arr = arr.astype(arr.dtype.newbyteorder("="))  # big-endian files from other tools
+    image = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0)))
+    image.SetSpacing(tuple(float(z) for z in zooms))
+    image.SetDirection(tuple(float(v) for v in ortho.ravel()))
+    image.SetOrigin(tuple(float(v) for v in _RAS_TO_LPS @ affine[:3, 3]))
+    return image, arr
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1][:160] if lines else type(exc).__name__
+
+
+def write_image(image: sitk.Image, path: str | Path) -> None:
+    """Write an image atomically (the format follows the file name, e.g. .nii.gz)."""
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=str(path).endswith(".gz"))
+
+
+def flip_storage(image: sitk.Image, axes_xyz: Sequence[int]) -> sitk.Image:
+    """The same physical image stored with the given index axes reversed (0=x, 1=y, 2=z)."""
+    if not axes_xyz:
+        return image
+    arr = sitk.GetArrayFromImage(image)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    size = image.GetSize()
+    flip_idx = [0.0, 0.0, 0.0]
+    for ax in set(axes_xyz):
+        arr = np.flip(arr, axis=2 - ax)
+        direction[:, ax] *= -1
+        flip_idx[ax] = size[ax] - 1
+    # The new first voxel is the old voxel at the far end of each flipped axis.
+    origin = image.TransformContinuousIndexToPhysicalPoint(flip_idx)
+    out = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+    out.SetSpacing(image.GetSpacing())
+    out.SetDirection(tuple(direction.ravel()))
+    out.SetOrigin(origin)
+    return out
+
+
+def flip_bbox(
+    bbox: Sequence[int], size_xyz: Sequence[int], axes_xyz: Sequence[int]
+) -> tuple[int, int, int, int, int, int]:
+    """The (z0 y0 x0 z1 y1 x1) box of an image after `flip_storage` with the same axes."""
+    lo, hi = list(bbox[:3]), list(bbox[3:])
+    for ax in set(axes_xyz):
+        i, n = 2 - ax, size_xyz[ax]
+        lo[i], hi[i] = n - hi[i], n - lo[i]
+    return (*lo, *hi)  # type: ignore[return-value]
+
+
+@dataclass
+class CaseRecord:
+    """One row of cases.csv."""
+
+    case_id: str
+    patient_id: str
+    label: str | None
+    bbox: tuple[int, int, int, int, int, int] | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _parse_bbox(text: str, where: Path, case_id: str) -> tuple[int, int, int, int, int, int] | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        vals = [int(round(float(v))) for v in text.replace(",", " ").split()]
+    except ValueError:
+        vals = []
+    if len(vals) != 6 or any(vals[i + 3] <= vals[i] for i in range(3)):
+        raise DatasetError(
+            f"case {case_id!r}: bbox must be 'z0 y0 x0 z1 y1 x1' with z1>z0 etc., got {text!r}",
+            where,
+        )
+    return tuple(vals)  # type: ignore[return-value]
+
+
+def read_cases_csv(path: Path) -> list[CaseRecord]:
+    """Read and validate cases.csv (duplicate ids and missing labels are errors)."""
+    if not path.is_file():
+        raise DatasetError("cases.csv not found (needs case_id, patient_id, label)", path)
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        missing = [c for c in ("case_id", "patient_id", "label") if c not in fields]
+        if missing:
+            raise DatasetError(f"missing column(s) {missing}", path)
+        rows = list(reader)
+    records: list[CaseRecord] = []
+    seen: set[str] = set()
+    for line, row in enumerate(rows, start=2):
+        cid = (row.get("case_id") or "").strip()
+        if not cid:
+            raise DatasetError(f"line {line}: empty case_id", path)
+        if cid in seen:
+            raise DatasetError(f"line {line}: duplicate case_id {cid!r}", path)
+        seen.add(cid)
+        label = (row.get("label") or "").strip()
+        if not label:
+            raise DatasetError(f"line {line}: case {cid!r} has no label", path)
+        pid = (row.get("patient_id") or "").strip() or cid
+        extra = {
+            k: v
+            for k, v in row.items()
+            if k not in ("case_id", "patient_id", "label", "bbox") and k
+        }
+        records.append(
+            CaseRecord(cid, pid, label, _parse_bbox(row.get("bbox", ""), path, cid), extra)
+        )
+    return records
+
+
+def write_cases_csv(path: Path, records: Sequence[CaseRecord]) -> None:
+    """Write cases.csv atomically (extra columns in first-seen order)."""
+    extra_cols: list[str] = []
+    for r in records:
+        extra_cols += [k for k in r.extra if k not in extra_cols]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["case_id", "patient_id", "label", "bbox", *extra_cols])
+    for r in records:
+        bbox = " ".join(str(v) for v in r.bbox) if r.bbox else ""
+        writer.writerow(
+            [
+                r.case_id,
+                r.patient_id,
+                r.label or "",
+                bbox,
+                *(r.extra.get(c, "") for c in extra_cols),
+            ]
+        )
+    atomic_write_text(path, buf.getvalue())
+
+
+class NnUNetDataset:
+    """An nnU-Net v2 raw dataset (imagesTr/, labelsTr/, dataset.json) plus cases.csv."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError("dataset folder not found", self.root)
+        meta_path = self.root / "dataset.json"
+        if not meta_path.is_file():
+            raise DatasetError("dataset.json not found: not an nnU-Net raw dataset", meta_path)
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DatasetError(
+                f"invalid JSON ({exc.msg} at line {exc.lineno})", meta_path
+            ) from None
+        channels = self.meta.get("channel_names")
+        if not isinstance(channels, dict) or not channels:
+            raise DatasetError("'channel_names' missing or empty", meta_path)
+        try:
+            order = sorted(channels, key=int)
+        except ValueError:
+            raise DatasetError("'channel_names' keys must be integers", meta_path) from None
+        self.phases: list[str] = [str(channels[k]) for k in order]
+        self.channel_index: dict[str, int] = {str(channels[k]): int(k) for k in order}
+        self.file_ending: str = self.meta.get("file_ending", ".nii.gz")
+        self.labels: dict[str, int] = dict(self.meta.get("labels", {"background": 0, "lesion": 1}))
+        ref = self.meta.get("reference_phase", DEFAULT_REFERENCE_PHASE)
+        self.reference_phase: str = (
+            ref if ref in self.phases else self.phases[len(self.phases) // 2]
+        )
+        self.cases: list[CaseRecord] = read_cases_csv(self.root / CASES_CSV)
+        self._by_id = {c.case_id: c for c in self.cases}
+        names = self.meta.get("class_names")
+        self.class_names: list[str] = (
+            list(names) if names else sorted({c.label for c in self.cases if c.label})
+        )
+        unknown = sorted({c.label for c in self.cases if c.label not in self.class_names})
+        if unknown:
+            raise DatasetError(
+                f"labels {unknown} are not in dataset.json class_names {self.class_names}",
+                self.root / CASES_CSV,
+            )
+
+    # -- paths -----------------------------------------------------------------------------------
+    def case(self, case_id: str) -> CaseRecord:
+        """The cases.csv record of a case (DatasetError when unknown)."""
+        if case_id not in self._by_id:
+            raise DatasetError(f"unknown case {case_id!r}", self.root / CASES_CSV)
+        return self._by_id[case_id]
+
+    def image_paths(self, case_id: str) -> dict[str, Path]:
+        """Phase name → image path (whether or not the file exists)."""
+        return {
+            p: self.root / "imagesTr" / f"{case_id}_{self.channel_index[p]:04d}{self.file_ending}"
+            for p in self.phases
+        }
+
+    def label_path(self, case_id: str) -> Path | None:
+        """Path of the lesion mask, or None when the case has none."""
+        path = self.root / "labelsTr" / f"{case_id}{self.file_ending}"
+        return path if path.is_file() else None
+
+    def case_files(self, case_id: str) -> list[Path]:
+        """Every file a case is read from (phases, mask, and cases.csv for label and bbox)."""
+        files = list(self.image_paths(case_id).values())
+        label = self.label_path(case_id)
+        return files + ([label] if label else [])
+
+    @property
+    def class_index(self) -> dict[str, int]:
+        """Class name → integer target."""
+        return {c: i for i, c in enumerate(self.class_names)}
+
+    # -- loading ---------------------------------------------------------------------------------
+    def load_study(self, case_id: str, *, require_roi: bool = True) -> Study:
+        """Read one case into a Study, checking files, grids and the mask."""
+        rec = self.case(case_id)
+        phases: dict[str, sitk.Image] = {}
+        for phase, path in self.image_paths(case_id).items():
+            if not path.is_file():
+                raise InputFileError(f"missing phase {phase} of case {case_id!r}", path)
+            phases[phase] = read_image(path)
+        mask = None
+        label_path = self.label_path(case_id)
+        if label_path is not None:
+            mask = read_image(label_path)
+            check_mask(mask, phases[self.reference_phase], label_path, self.reference_phase)
+        elif rec.bbox is None and require_roi:
+            raise DatasetError(
+                f"case {case_id!r} has neither a mask in labelsTr/ nor a bbox in cases.csv",
+                self.root / CASES_CSV,
+            )
+        grids = {p: img.GetSize() for p, img in phases.items()}
+        return Study(
+            case_id=case_id,
+            patient_id=rec.patient_id,
+            phases=phases,
+            mask=mask,
+            label=rec.label,
+            bbox=rec.bbox,
+            reference_phase=self.reference_phase,
+            metadata={"dataset": str(self.root), "extra": dict(rec.extra), "grids": grids},
+            sources={
+                "images": list(self.image_paths(case_id).values()),
+                "mask": [label_path] if label_path else [],
+            },
+        )
+
+    def problems(self) -> list[LiverphaseError]:
+        """Every problem in the dataset (for `inspect`): all cases are checked, nothing stops early."""
+        found: list[LiverphaseError] = []
+        for rec in self.cases:
+            try:
+                self.load_study(rec.case_id)
+            except LiverphaseError as exc:
+                found.append(exc)
+        listed = {c.case_id for c in self.cases}
+        on_disk = set()
+        for path in sorted((self.root / "imagesTr").glob(f"*{self.file_ending}")):
+            stem = path.name[: -len(self.file_ending)]
+            on_disk.add(stem.rsplit("_", 1)[0])
+        for cid in sorted(on_disk - listed):
+            found.append(
+                DatasetError(
+                    f"case {cid!r} has images but no row in cases.csv", self.root / CASES_CSV
+                )
+            )
+        return found
+
+
+def check_mask(mask: sitk.Image, reference: sitk.Image, path: Path, reference_phase: str) -> None:
+    """A mask must lie on its reference phase's grid, hold integer labels and not be empty."""
+    if not same_grid(mask, reference, tol=1e-3):
+        raise GeometryError(
+            f"mask is not on the grid of the reference phase {reference_phase} "
+            f"(size {mask.GetSize()} vs {reference.GetSize()}, spacing "
+            f"{tuple(round(s, 3) for s in mask.GetSpacing())} vs {tuple(round(s, 3) for s in reference.GetSpacing())})",
+            path,
+        )
+    arr = sitk.GetArrayViewFromImage(mask)
+    if not np.any(arr > 0):
+        raise InputFileError("mask is empty (no lesion voxel)", path)
+    if np.any(arr < 0) or np.any(np.asarray(arr) != np.round(arr)):
+        raise InputFileError("mask holds non-integer or negative values", path)
+
+
+def open_dataset(root: str | Path) -> NnUNetDataset:
+    """Open and validate an nnU-Net raw dataset with cases.csv."""
+    return NnUNetDataset(root)
+
+
+class NnUNetWriter:
+    """Writes studies into the nnU-Net raw layout; `close()` writes dataset.json and cases.csv."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        phases: Sequence[str],
+        reference_phase: str = DEFAULT_REFERENCE_PHASE,
+        labels: dict[str, int] | None = None,
+        class_names: Sequence[str] | None = None,
+        extra_json: dict[str, Any] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.phases = list(phases)
+        self.reference_phase = reference_phase
+        self.labels = dict(labels or {"background": 0, "lesion": 1})
+        self.class_names = list(class_names) if class_names else None
+        self.extra_json = dict(extra_json or {})
+        self.records: list[CaseRecord] = []
+        (self.root / "imagesTr").mkdir(parents=True, exist_ok=True)
+        (self.root / "labelsTr").mkdir(parents=True, exist_ok=True)
+
+    def add(
+        self, study: Study, flip_axes: Sequence[int] = (), extra: dict[str, object] | None = None
+    ) -> None:
+        """Write one study's phases (and mask), optionally stored with flipped axes."""
+        if not _CASE_ID.match(study.case_id):
+            raise DatasetError(
+                f"case id {study.case_id!r} must be letters, digits, '_', '-', '.'", self.root
+            )
+        missing = [p for p in self.phases if p not in study.phases]
+        if missing:
+            raise DatasetError(f"study {study.case_id!r} lacks phase(s) {missing}", self.root)
+        for k, phase in enumerate(self.phases):
+            path = self.root / "imagesTr" / f"{study.case_id}_{k:04d}.nii.gz"
+            write_image(flip_storage(study.phases[phase], flip_axes), path)
+        if study.mask is not None:
+            write_image(
+                flip_storage(study.mask, flip_axes),
+                self.root / "labelsTr" / f"{study.case_id}.nii.gz",
+            )
+        bbox = flip_bbox(study.bbox, study.reference.GetSize(), flip_axes) if study.bbox else None
+        self.records.append(
+            CaseRecord(
+                study.case_id,
+                str(study.patient_id),
+                study.label,
+                bbox,
+                {k: str(v) for k, v in (extra or {}).items()},
+            )
+        )
+
+    def close(self) -> Path:
+        """Write dataset.json and cases.csv; return the dataset root."""
+        meta = {
+            "channel_names": {str(k): p for k, p in enumerate(self.phases)},
+            "labels": self.labels,
+            "numTraining": len(self.records),
+            "file_ending": ".nii.gz",
+            "reference_phase": self.reference_phase,
+        }
+        if self.class_names:
+            meta["class_names"] = self.class_names
+        meta.update(self.extra_json)
+        atomic_write_json(self.root / "dataset.json", meta)
+        write_cases_csv(self.root / CASES_CSV, self.records)
+        return self.root
