@@ -1,0 +1,1 @@
+"""Evaluation: metrics, patient-bootstrap CIs, DeLong's test, figures and reports."""
