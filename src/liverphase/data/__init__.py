@@ -1,0 +1,1 @@
+"""Datasets over the preprocessed cache, augmentation and patient-level splits."""

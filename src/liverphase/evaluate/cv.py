@@ -1,0 +1,269 @@
+"""Train one model, or k patient-level folds of it, from an nnU-Net dataset into a RUN folder."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from liverphase.atomic import atomic_write_json
+from liverphase.data.splits import inner_validation_split, patient_folds, write_splits
+from liverphase.errors import ConfigError
+from liverphase.evaluate.predictions import Predictions
+from liverphase.evaluate.report import write_cv_report
+from liverphase.evaluate.segmentation import segmentation_summary
+from liverphase.io.nifti import NnUNetDataset, open_dataset
+from liverphase.models.registry import create_model, model_info
+from liverphase.preprocess.cache import PreprocessCache, preprocess_dataset
+from liverphase.preprocess.config import PreprocessConfig
+from liverphase.train.config import PROFILE_INPUT, TrainConfig, profile_config
+from liverphase.train.trainer import Trainer
+
+
+@dataclass
+class Experiment:
+    """Everything that defines one training recipe: model, options, training and preprocessing."""
+
+    model: str
+    train: TrainConfig
+    preprocess: PreprocessConfig
+    phases: list[str]
+    class_names: list[str]
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def model_factory(self):  # noqa: ANN201
+        """A zero-argument callable building a fresh model of this experiment."""
+        options = dict(self.model_options)
+
+        def build():  # noqa: ANN202
+            return create_model(
+                self.model, num_classes=len(self.class_names), phases=self.phases, **options
+            )
+
+        return build
+
+
+def make_experiment(
+    ds: NnUNetDataset,
+    model: str,
+    profile: str = "cpu",
+    phases: Sequence[str] | None = None,
+    in_channels: int = 3,
+    model_options: dict[str, Any] | None = None,
+    preprocess_overrides: dict[str, Any] | None = None,
+    **train_overrides: Any,
+) -> Experiment:
+    """Combine a profile, explicit overrides and the dataset's phases into one validated experiment."""
+    try:
+        info = model_info(model)
+    except KeyError as exc:
+        raise ConfigError(str(exc).strip("'\""), "--model") from None
+    phases = list(phases or ds.phases)
+    unknown = [p for p in phases if p not in ds.phases]
+    if unknown:
+        raise ConfigError(
+            f"phases {unknown} are not in the dataset (it has {ds.phases})", "--phases"
+        )
+    options = {"in_channels": in_channels, **(model_options or {})}
+    train = profile_config(profile, model=model, model_options=options, **train_overrides)
+    if "mtl_lambda" not in options and model == "miff_spm":
+        options["mtl_lambda"] = train.mtl_lambda
+        train = train.replace(model_options=options)
+    pre = {
+        "size": PROFILE_INPUT[profile],
+        "channels": in_channels,
+        "phases": tuple(phases),
+        "roi_source": "mask_jitter" if info["segments"] else "mask",
+        **(preprocess_overrides or {}),
+    }
+    preprocess = PreprocessConfig.from_dict(pre, source="preprocessing")
+    return Experiment(model, train, preprocess, phases, list(ds.class_names), options)
+
+
+def cached_items(
+    ds: NnUNetDataset, cache_root: Path, config: PreprocessConfig, workers: int, progress: bool
+) -> dict[str, dict[str, Any]]:
+    """Preprocess every case (a no-op when cached) and return trainer items keyed by case id."""
+    stats = preprocess_dataset(ds.root, cache_root, config, workers=workers, progress=progress)
+    cache = PreprocessCache(cache_root)
+    items = {}
+    for rec in ds.cases:
+        entry = cache.entry_dir(stats["keys"][rec.case_id])
+        mask = entry / "mask.npy"
+        items[rec.case_id] = {
+            "case_id": rec.case_id,
+            "patient_id": rec.patient_id,
+            "label": rec.label,
+            "image": str(entry / "image.npy"),
+            "mask": str(mask) if mask.is_file() else None,
+        }
+    return items
+
+
+def _bundle_meta(exp: Experiment, ds: NnUNetDataset, split: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": exp.model,
+        "model_options": exp.model_options,
+        "class_names": exp.class_names,
+        "phases": exp.phases,
+        "reference_phase": ds.reference_phase,
+        "preprocessing": exp.preprocess.to_dict(),
+        "training": exp.train.to_dict(),
+        "split": split,
+        "seed": exp.train.seed,
+        "dataset": str(ds.root),
+    }
+
+
+def _fit_fold(
+    exp: Experiment,
+    ds: NnUNetDataset,
+    items: dict,
+    train_ids: list[str],
+    out: Path,
+    split: dict,
+    resume: bool,
+    progress: bool,
+) -> Trainer:
+    labels = {c: items[c]["label"] for c in train_ids}
+    patients = {c: items[c]["patient_id"] for c in train_ids}
+    tr, val = inner_validation_split(
+        train_ids, patients, labels, fraction=exp.train.val_fraction, seed=exp.train.seed
+    )
+    split = {**split, "train": list(tr), "validation": list(val)}
+    trainer = Trainer(
+        exp.train,
+        exp.model_factory(),
+        [items[c] for c in tr],
+        [items[c] for c in val],
+        out,
+        exp.class_names,
+        bundle_meta=_bundle_meta(exp, ds, split),
+        progress=progress,
+    )
+    trainer.fit(resume=resume)
+    return trainer
+
+
+def run_cv(
+    dataset: str | Path,
+    out: str | Path,
+    exp_kwargs: dict[str, Any],
+    folds: int = 5,
+    seed: int = 0,
+    cache_root: str | Path | None = None,
+    workers: int = 1,
+    resume: bool = False,
+    progress: bool = True,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """k-fold patient-level cross-validation: splits.json, a bundle per fold, predictions, metrics, report."""
+    start = time.perf_counter()
+    ds = open_dataset(dataset)
+    out = Path(out)
+    exp = make_experiment(ds, seed=seed, **exp_kwargs)
+    items = cached_items(
+        ds, Path(cache_root) if cache_root else out / "cache", exp.preprocess, workers, progress
+    )
+    ids = [c.case_id for c in ds.cases]
+    fold_list = patient_folds(
+        ids,
+        [items[c]["patient_id"] for c in ids],
+        [items[c]["label"] for c in ids],
+        k=folds,
+        seed=seed,
+    )
+    write_splits(out / "splits.json", fold_list)
+    case_fold, probs_by_case, seg_rows = {}, {}, []
+    for k, fold in enumerate(fold_list):
+        trainer = _fit_fold(
+            exp,
+            ds,
+            items,
+            list(fold["train"]),
+            out / f"fold_{k}",
+            {"fold": k, "test": list(fold["test"])},
+            resume,
+            progress,
+        )
+        test_items = [items[c] for c in fold["test"]]
+        if model_info(exp.model)["segments"]:
+            probs, masks = trainer.predict(test_items, return_masks=True)
+            seg_rows += segmentation_summary(test_items, masks, fold=k)
+        else:
+            probs = trainer.predict(test_items)
+        for c, p in zip(fold["test"], probs, strict=True):
+            case_fold[c], probs_by_case[c] = k, p
+    order = [c for c in ids if c in probs_by_case]
+    index = {c: i for i, c in enumerate(exp.class_names)}
+    preds = Predictions(
+        case_ids=order,
+        patient_ids=[items[c]["patient_id"] for c in order],
+        folds=[case_fold[c] for c in order],
+        labels=np.array([index[items[c]["label"]] for c in order]),
+        probs=np.stack([probs_by_case[c] for c in order]),
+        class_names=exp.class_names,
+    )
+    extra = _seg_pooled(seg_rows) if seg_rows else None
+    metrics = write_cv_report(
+        out,
+        preds,
+        title=f"{exp.model}: {folds}-fold patient-level cross-validation",
+        dataset=str(ds.root),
+        model=exp.model,
+        seed=seed,
+        n_boot=n_boot,
+        extra_pooled=extra,
+    )
+    run_info = {
+        "model": exp.model,
+        "model_options": exp.model_options,
+        "folds": folds,
+        "seed": seed,
+        "training": exp.train.to_dict(),
+        "preprocessing": exp.preprocess.to_dict(),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    atomic_write_json(out / "run.json", run_info)
+    return {"metrics": metrics, "predictions": preds, "run": run_info, "seg_rows": seg_rows}
+
+
+def _seg_pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from liverphase.evaluate.stats import mean_ci
+
+    groups = [r["patient_id"] for r in rows]
+    out: dict[str, Any] = {}
+    for key in ("dice", "hd95", "surface_dice", "volume_error"):
+        vals = np.array([r[key] for r in rows], dtype=float)
+        ok = np.isfinite(vals)
+        if ok.any():
+            out[key] = float(vals[ok].mean())
+            ci = mean_ci(vals[ok], [g for g, o in zip(groups, ok, strict=True) if o])
+            out[f"{key}_ci"] = [float(ci[0]), float(ci[1])]
+    return out
+
+
+def run_train(
+    dataset: str | Path,
+    out: str | Path,
+    exp_kwargs: dict[str, Any],
+    seed: int = 0,
+    cache_root: str | Path | None = None,
+    workers: int = 1,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train on every case (an inner validation split selects the epoch); write RUN/bundle."""
+    ds = open_dataset(dataset)
+    out = Path(out)
+    exp = make_experiment(ds, seed=seed, **exp_kwargs)
+    items = cached_items(
+        ds, Path(cache_root) if cache_root else out / "cache", exp.preprocess, workers, progress
+    )
+    ids = [c.case_id for c in ds.cases]
+    trainer = _fit_fold(exp, ds, items, ids, out, {"fold": None, "test": []}, resume, progress)
+    return {"bundle": str(out / "bundle"), "history": getattr(trainer, "history", None)}

@@ -1,0 +1,1 @@
+"""Explanations: Grad-CAM per phase, phase occlusion, enhancement kinetics."""

@@ -1,0 +1,1 @@
+"""Self-supervised pretraining objectives (masked autoencoding, redundancy reduction)."""

@@ -1,0 +1,31 @@
+"""Run logs written by rank 0: RUN/log.csv (rewritten whole each epoch) and TensorBoard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from liverphase.atomic import atomic_write_text
+
+LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds", "samples_per_s")
+
+
+def write_log_csv(path: str | Path, history: list[dict[str, Any]]) -> None:
+    """Write one row per epoch record (LOG_COLUMNS), atomically; a resumed run rewrites it whole."""
+    lines = [",".join(LOG_COLUMNS)]
+    lines += [",".join(_fmt(rec[c]) for c in LOG_COLUMNS) for rec in history]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def open_tensorboard(folder: str | Path, purge_step: int) -> Any:
+    """A SummaryWriter dropping events from `purge_step` on (a resumed run's redone epochs), or
+    None when TensorBoard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder), purge_step=purge_step)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,117 @@
+"""The parts of a training recipe the loop composes: seeds, model factory, optimiser, schedule, metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from liverphase.errors import ConfigError
+from liverphase.models.registry import ModelOutput, MultiPhaseModel, create_model
+from liverphase.train.config import TrainConfig
+
+
+def model_factory_from_config(
+    config: TrainConfig, num_classes: int, phases: Sequence[str], in_channels: int
+) -> Callable[[], MultiPhaseModel]:
+    """A factory building `config.model` with `config.model_options` (what the bundle records)."""
+    options = {**config.model_options, "in_channels": in_channels}
+    return lambda: create_model(config.model, num_classes=num_classes, phases=phases, **options)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and Python's random."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed that is a pure function of `parts` (e.g. (seed, epoch))."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def val_metrics(labels: np.ndarray, probs: np.ndarray, losses: np.ndarray) -> dict[str, float]:
+    """Mean per-sample loss, accuracy and AUC (binary, or macro one-vs-rest); NaN when undefined."""
+    if len(labels) == 0:
+        return {"loss": math.nan, "auc": math.nan, "acc": math.nan}
+    k = probs.shape[1]
+    auc = math.nan
+    if len(np.unique(labels)) == k:  # AUC needs every class among the validation cases
+        score = probs[:, 1] if k == 2 else probs / probs.sum(axis=1, keepdims=True)
+        auc = float(roc_auc_score(labels, score, multi_class="ovr", average="macro"))
+    return {
+        "loss": float(np.mean(losses)),
+        "auc": auc,
+        "acc": float(np.mean(probs.argmax(axis=1) == labels)),
+    }
+
+
+def slice_output(out: ModelOutput, i: int) -> ModelOutput:
+    """Sample i of a batched ModelOutput (batch dimension kept)."""
+    fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+    return ModelOutput(**{k: v[i : i + 1] if v is not None else None for k, v in fields.items()})
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> Any:
+    """Per-epoch learning-rate schedule: step decay, cosine to zero, or None (constant)."""
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return None
+
+
+def default_device() -> torch.device:
+    """This process's CUDA device when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def class_weights(
+    mode: str, labels: np.ndarray, num_classes: int, device: torch.device | str = "cpu"
+) -> torch.Tensor | None:
+    """None for "none"; for "balanced" n / (K · count_k) per class (absent classes count as 1)."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = len(labels) / (num_classes * np.maximum(counts, 1.0))
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def selection_score(record: dict[str, Any], select_metric: str, has_val: bool) -> list[float]:
+    """Model-selection key, larger is better: (AUC, −loss), or −loss when AUC is undefined or not
+    chosen; without validation cases the epoch number (the last epoch is kept)."""
+    if not has_val:
+        return [float(record["epoch"])]
+    if select_metric == "auc" and math.isfinite(record["val_auc"]):
+        return [record["val_auc"], -record["val_loss"]]
+    return [-record["val_loss"]]
+
+
+def check_lambda(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """The λ a model mixes its logits with must be the one the config names (it lives in both)."""
+    built = getattr(model, "mtl_lambda", None)
+    if built is not None and not math.isclose(float(built), cfg.mtl_lambda):
+        raise ConfigError(
+            f"model {cfg.model!r} was built with mtl_lambda={built} but the config says "
+            f"{cfg.mtl_lambda}; set both (model_options.mtl_lambda and mtl_lambda)",
+            "mtl_lambda",
+        )

@@ -1,0 +1,142 @@
+"""Resumable training state without pickle: tensors in safetensors (dotted keys), the rest in JSON.
+
+`pack` turns a nested structure (state dicts, optimizer state with int keys, RNG tuples, numpy
+arrays) into a JSON skeleton plus a flat {dotted key: tensor} map; `unpack` inverts it exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from liverphase.atomic import atomic_dir
+from liverphase.errors import BundleError
+
+STATE_TENSORS = "state.safetensors"
+STATE_JSON = "state.json"
+_MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__")
+# numpy dtypes safetensors/torch cannot hold directly are widened, and narrowed back on load.
+_WIDEN = {"uint32": torch.int64, "uint64": torch.int64}
+
+
+def pack(tree: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split `tree` into a JSON-able skeleton and a flat map of (cloned, contiguous) CPU tensors."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def key_for(path: str) -> str:
+        key, n = path or "root", 1
+        while key in tensors:  # a dotted path could repeat ("a.b" vs a→b); keep keys unique
+            key, n = f"{path}#{n}", n + 1
+        return key
+
+    def walk(obj: Any, path: str) -> Any:
+        if isinstance(obj, torch.Tensor):
+            key = key_for(path)
+            tensors[key] = obj.detach().cpu().clone().contiguous()
+            return {"__tensor__": key}
+        if isinstance(obj, np.ndarray):
+            key = key_for(path)
+            dtype = _WIDEN.get(str(obj.dtype))
+            tensors[key] = (
+                torch.from_numpy(np.array(obj)).to(dtype)
+                if dtype
+                else torch.from_numpy(np.array(obj))
+            )
+            return {"__ndarray__": key, "dtype": str(obj.dtype)}
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, tuple):
+            return {"__tuple__": [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]}
+        if isinstance(obj, list):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]
+        if isinstance(obj, dict):
+            plain = all(isinstance(k, str) and k not in _MARKERS for k in obj)
+            items = {k: walk(v, _join(path, k)) for k, v in obj.items()}
+            if plain:
+                return items
+            return {"__dict__": [[k, items[k]] for k in obj]}
+        if obj is None or isinstance(obj, bool | int | float | str):
+            return obj
+        raise TypeError(f"cannot store {type(obj).__name__} at {path!r} in a training state")
+
+    return walk(tree, ""), tensors
+
+
+def unpack(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Rebuild the structure `pack` split."""
+    if isinstance(skeleton, list):
+        return [unpack(v, tensors) for v in skeleton]
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__ndarray__" in skeleton:
+            return tensors[skeleton["__ndarray__"]].numpy().astype(skeleton["dtype"])
+        if "__tuple__" in skeleton:
+            return tuple(unpack(v, tensors) for v in skeleton["__tuple__"])
+        if "__dict__" in skeleton:
+            return {_key(k): unpack(v, tensors) for k, v in skeleton["__dict__"]}
+        return {k: unpack(v, tensors) for k, v in skeleton.items()}
+    return skeleton
+
+
+def save_state(folder: str | Path, state: dict[str, Any]) -> None:
+    """Write `state` to `folder` (state.safetensors + state.json), replacing it atomically."""
+    skeleton, tensors = pack(state)
+    with atomic_dir(folder) as tmp:
+        save_file(tensors, str(tmp / STATE_TENSORS))
+        (tmp / STATE_JSON).write_text(json.dumps(skeleton) + "\n")
+
+
+def load_state(folder: str | Path) -> dict[str, Any] | None:
+    """Read a state written by `save_state`; None when the folder does not exist."""
+    folder = Path(folder)
+    if not folder.exists():
+        return None
+    try:
+        skeleton = json.loads((folder / STATE_JSON).read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"training state unreadable: {exc}", folder / STATE_JSON) from None
+    try:
+        tensors = load_file(str(folder / STATE_TENSORS))
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise BundleError(f"training state unreadable: {exc}", folder / STATE_TENSORS) from None
+    try:
+        return unpack(skeleton, tensors)
+    except KeyError as exc:
+        raise BundleError(f"tensor {exc} missing", folder / STATE_TENSORS) from None
+
+
+def capture_rng() -> dict[str, Any]:
+    """The global RNG states of torch (and CUDA), numpy and Python's random."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Restore the RNG states `capture_rng` returned."""
+    torch.set_rng_state(state["torch"].to(torch.uint8))
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in state["cuda"]])
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _key(k: Any) -> Any:
+    # JSON turns tuple keys into lists; a list key can only have been a tuple.
+    return tuple(k) if isinstance(k, list) else k

@@ -1,0 +1,401 @@
+"""The training loop: seeded, resumable to the same bytes, single-process or DDP on one code path.
+
+Per epoch: train on the training items (augmented), validate on the inner validation items (loss,
+AUC), keep the best epoch's weights as the bundle, stop early on a stalled metric, and write the
+checkpoint (RUN/checkpoint), the bundle (RUN/bundle), RUN/log.csv and TensorBoard (RUN/tensorboard)
+from rank 0. The test fold never reaches the trainer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from liverphase.data.augment import Augmenter
+from liverphase.data.dataset import CachedStudyDataset
+from liverphase.errors import ConfigError
+from liverphase.models.registry import ModelOutput, MultiPhaseModel
+from liverphase.train.bundle import save_bundle, state_tensors
+from liverphase.train.config import TrainConfig
+from liverphase.train.distributed import barrier, gather_objects, is_main, rank_world
+from liverphase.train.logs import open_tensorboard, write_log_csv
+from liverphase.train.losses import joint_seg_cls_loss, multitask_loss
+from liverphase.train.recipe import (
+    build_optimizer,
+    build_scheduler,
+    check_lambda,
+    class_weights,
+    default_device,
+    derived_seed,
+    seed_everything,
+    selection_score,
+    slice_output,
+    val_metrics,
+)
+from liverphase.train.state import capture_rng, load_state, restore_rng, save_state
+
+# Config fields a resumed run may change without changing its result.
+RESUME_FREE = ("num_workers",)
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+class Trainer:
+    """Fit a model on train items with model selection on validation items; predict afterwards."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model_factory: Callable[[], MultiPhaseModel],
+        train_items: Sequence[dict[str, Any]],
+        val_items: Sequence[dict[str, Any]],
+        out_dir: str | Path,
+        class_names: Sequence[str],
+        device: str | torch.device | None = None,
+        bundle_meta: dict[str, Any] | None = None,
+        progress: bool = True,
+        callbacks: Sequence[EpochCallback] = (),
+        tensorboard: bool = True,
+    ) -> None:
+        self.config = config
+        self.model_factory = model_factory
+        self.rank, self.world = rank_world()
+        if config.batch_size % self.world:
+            raise ConfigError(
+                f"batch size {config.batch_size} does not split over {self.world} processes",
+                "batch_size",
+            )
+        self.local_batch = config.batch_size // self.world
+        self.device = torch.device(device) if device is not None else default_device()
+        self.class_names = [str(c) for c in class_names]
+        index = {c: i for i, c in enumerate(self.class_names)}
+        augment = Augmenter(config.augment_params) if config.augment else None
+        self.train_set = CachedStudyDataset(train_items, index, augment, seed=config.seed)
+        self.val_set = CachedStudyDataset(val_items, index, None, seed=config.seed)
+        self.out_dir = Path(out_dir)
+        self.bundle_dir = self.out_dir / "bundle"
+        self.checkpoint_dir = self.out_dir / "checkpoint"
+        self.bundle_meta = dict(bundle_meta or {})
+        self.progress = progress
+        self.callbacks = list(callbacks)
+        self.tensorboard = tensorboard
+        self.model: MultiPhaseModel | None = None
+        self.use_amp = config.amp == "auto" and self.device.type == "cuda"
+        self.amp_dtype = (
+            torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        )
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train (continuing RUN/checkpoint when `resume`); return history and the best epoch."""
+        cfg = self.config
+        was_deterministic = torch.are_deterministic_algorithms_enabled()
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            torch.backends.cudnn.benchmark = True
+        try:
+            seed_everything(cfg.seed)
+            model = self.model_factory().to(self.device)
+            self.model = model
+            self.segments = bool(getattr(model, "segments", False))
+            check_lambda(model, cfg)
+            net = self._wrap(model)
+            opt = build_optimizer(cfg, model)
+            sched = build_scheduler(cfg, opt)
+            scaler = (
+                torch.amp.GradScaler("cuda")
+                if self.use_amp and self.amp_dtype == torch.float16
+                else None
+            )
+            self.class_weights = class_weights(
+                cfg.class_weights, self.train_set.labels(), len(self.class_names), self.device
+            )
+            st = self._fresh_state()
+            loaded = load_state(self.checkpoint_dir) if resume else None
+            if loaded is not None:
+                st = self._restore(loaded, model, opt, sched, scaler)
+            writer = (
+                open_tensorboard(self.out_dir / "tensorboard", purge_step=st["epoch"] + 1)
+                if self.tensorboard and is_main()
+                else None
+            )
+            if loaded is not None and is_main() and st["best_model"] is not None:
+                self._save_bundle(model, st)  # a kill between checkpoint and bundle
+            barrier()
+            while not st["finished"]:
+                epoch = st["epoch"]
+                train_loss, n_seen, seconds = self._train_epoch(net, opt, scaler, epoch)
+                val = self._evaluate(self.val_set, with_loss=True)[0] if len(self.val_set) else {}
+                record = {
+                    "epoch": epoch + 1,
+                    "train_loss": train_loss,
+                    "val_loss": val.get("loss", math.nan),
+                    "val_auc": val.get("auc", math.nan),
+                    "val_acc": val.get("acc", math.nan),
+                    "lr": opt.param_groups[0]["lr"],
+                    "seconds": seconds,
+                    "samples_per_s": n_seen / max(seconds, 1e-9),
+                }
+                if sched is not None:
+                    sched.step()
+                improved = self._update_selection(st, record, model)
+                st["epoch"] = epoch + 1
+                st["finished"] = st["epoch"] >= cfg.epochs or bool(
+                    cfg.early_stopping_patience and st["bad_epochs"] >= cfg.early_stopping_patience
+                )
+                st["stopped_early"] = st["finished"] and st["epoch"] < cfg.epochs
+                self._write(st, model, opt, sched, scaler, improved, writer, record)
+                for callback in self.callbacks:
+                    callback(epoch + 1, record)
+            if writer is not None:
+                writer.close()
+            if st["best_model"] is not None:
+                model.load_state_dict(st["best_model"])
+            best = st["history"][st["best_epoch"] - 1] if st["best_epoch"] else None
+            return {
+                "history": st["history"],
+                "best_epoch": st["best_epoch"],
+                "best": best,
+                "epochs_run": st["epoch"],
+                "stopped_early": st["stopped_early"],
+                "bundle": str(self.bundle_dir),
+            }
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic)
+
+    def _wrap(self, model: MultiPhaseModel) -> torch.nn.Module:
+        if self.world == 1:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # Ablation switches may leave parameters unused; the extra graph walk this costs is small
+        # next to 3D convolutions (static_graph=True, the cheaper route, trained wrongly here).
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+    def _fresh_state(self) -> dict[str, Any]:
+        return {
+            "epoch": 0,
+            "history": [],
+            "best_score": None,
+            "best_epoch": None,
+            "best_model": None,
+            "bad_epochs": 0,
+            "finished": False,
+            "stopped_early": False,
+        }
+
+    # --------------------------------------------------------------- epochs
+    def _train_epoch(
+        self, net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: Any, epoch: int
+    ) -> tuple[float, int, float]:
+        cfg = self.config
+        self.train_set.set_epoch(epoch)
+        sampler = DistributedSampler(
+            self.train_set, self.world, self.rank, shuffle=True, seed=cfg.seed
+        )
+        sampler.set_epoch(epoch)
+        loader = self._loader(self.train_set, sampler, derived_seed(cfg.seed, epoch))
+        net.train()
+        start, total, seen = time.perf_counter(), 0.0, 0
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (self.progress and is_main() and sys.stderr.isatty()),
+            leave=False,
+        )
+        for batch in bar:
+            x = batch["image"].to(self.device, non_blocking=True)
+            with self._autocast():
+                loss = self._loss(net(x), batch)
+            if not torch.isfinite(loss.detach()):
+                raise ConfigError(
+                    f"training diverged: loss {float(loss.detach())} in epoch {epoch + 1}; "
+                    "lower the learning rate or set grad_clip",
+                    "lr",
+                )
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                self._clip(net)
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                self._clip(net)
+                opt.step()
+            total += float(loss.detach()) * len(x)
+            seen += len(x)
+            bar.set_postfix(
+                loss=f"{total / seen:.4f}",
+                samples_s=f"{seen * self.world / (time.perf_counter() - start):.1f}",
+            )
+        sums = gather_objects((total, seen))
+        total, seen = sum(s[0] for s in sums), sum(s[1] for s in sums)
+        return total / max(seen, 1), seen, time.perf_counter() - start
+
+    def _clip(self, net: torch.nn.Module) -> None:
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), self.config.grad_clip)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.use_amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _loader(self, dataset: CachedStudyDataset, sampler: Any, seed: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(
+            dataset,
+            batch_size=self.local_batch,
+            sampler=sampler,
+            num_workers=self.config.num_workers,
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _loss(self, out: ModelOutput, batch: dict[str, Any]) -> torch.Tensor:
+        target = batch["label"].to(self.device)
+        if self.segments:
+            mask = batch["mask"].to(self.device)
+            return joint_seg_cls_loss(
+                out, target, mask, self.config.seg_weight, self.config.cls_weight
+            )
+        return multitask_loss(out, target, self.config.mtl_lambda, class_weights=self.class_weights)
+
+    # ----------------------------------------------------------- evaluation
+    def _evaluate(
+        self, dataset: CachedStudyDataset, with_loss: bool = False, with_masks: bool = False
+    ) -> tuple[dict[str, float], np.ndarray, list[np.ndarray] | None]:
+        """Metrics, probabilities (N, K) in item order, and predicted masks, gathered over ranks."""
+        if self.model is None:
+            raise RuntimeError("Trainer.predict needs a trained model: call fit() first")
+        model = self.model
+        sampler = DistributedSampler(dataset, self.world, self.rank, shuffle=False)
+        loader = self._loader(dataset, sampler, self.config.seed)
+        was_training = model.training
+        model.eval()
+        records = []
+        with torch.no_grad(), self._autocast():
+            for batch in loader:
+                out = model(batch["image"].to(self.device))
+                probs = torch.softmax(out.logits.float(), dim=1).cpu().numpy()
+                for i, idx in enumerate(batch["index"].tolist()):
+                    loss = math.nan
+                    if with_loss:
+                        one = {k: v[i : i + 1] for k, v in batch.items() if torch.is_tensor(v)}
+                        loss = float(self._loss(slice_output(out, i), one))
+                    mask = None
+                    if with_masks and out.seg_logits is not None:
+                        mask = out.seg_logits[i].argmax(0).to(torch.uint8).cpu().numpy()
+                    records.append((idx, probs[i], loss, mask))
+        model.train(was_training)
+        merged = {r[0]: r for part in gather_objects(records) for r in part}  # drops padding
+        order = sorted(merged)
+        k = len(self.class_names)
+        probs = np.stack([merged[i][1] for i in order]) if order else np.zeros((0, k))
+        labels = dataset.labels()[order]
+        metrics = val_metrics(labels, probs, np.array([merged[i][2] for i in order]))
+        masks = [merged[i][3] for i in order] if with_masks else None
+        return metrics, probs, masks
+
+    def predict(
+        self, items: Sequence[dict[str, Any]], return_masks: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, list[np.ndarray | None]]:
+        """Class probabilities (N, K) in the order of `items` (and predicted masks if asked)."""
+        labelled = [{**it, "label": it.get("label") or self.class_names[0]} for it in items]
+        index = {c: i for i, c in enumerate(self.class_names)}
+        dataset = CachedStudyDataset(labelled, index, None, seed=self.config.seed)
+        _, probs, masks = self._evaluate(dataset, with_masks=return_masks)
+        return (probs, masks) if return_masks else probs
+
+    # ------------------------------------------------------ selection, I/O
+    def _update_selection(
+        self, st: dict[str, Any], record: dict[str, Any], model: MultiPhaseModel
+    ) -> bool:
+        """Is this epoch the best so far? AUC, ties (and undefined AUC) broken by lower loss."""
+        score = selection_score(record, self.config.select_metric, bool(len(self.val_set)))
+        st["history"].append(record)
+        improved = st["best_score"] is None or score > st["best_score"]
+        if improved:
+            st["best_score"], st["best_epoch"] = score, record["epoch"]
+            st["best_model"] = state_tensors(model)
+            st["bad_epochs"] = 0
+        else:
+            st["bad_epochs"] += 1
+        return improved
+
+    def _write(self, st, model, opt, sched, scaler, improved, writer, record) -> None:  # noqa: ANN001
+        """Checkpoint, then bundle, log.csv and TensorBoard; rank 0 writes, all ranks wait."""
+        rngs = gather_objects(capture_rng())
+        barrier()
+        if is_main():
+            save_state(
+                self.checkpoint_dir,
+                {
+                    **st,
+                    "config": self.config.to_dict(),
+                    "model": state_tensors(model),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict() if sched is not None else None,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "rng": rngs,
+                },
+            )
+            if improved or not self.bundle_dir.exists():
+                self._save_bundle(model, st)
+            write_log_csv(self.out_dir / "log.csv", st["history"])
+            if writer is not None:
+                for key in ("train_loss", "val_loss", "val_auc", "lr", "samples_per_s"):
+                    writer.add_scalar(key, record[key], record["epoch"])
+                writer.flush()
+        barrier()
+
+    def _save_bundle(self, model: MultiPhaseModel, st: dict[str, Any]) -> None:
+        best = st["history"][st["best_epoch"] - 1]
+        metrics = {  # NaN (no validation) as null: bundle.json stays strict JSON
+            k: None if isinstance(best[k], float) and math.isnan(best[k]) else best[k]
+            for k in ("epoch", "train_loss", "val_loss", "val_auc", "val_acc")
+        }
+        meta = {
+            **self.bundle_meta,
+            "model": self.config.model,
+            "model_options": self.config.model_options,
+            "class_names": self.class_names,
+            "train": self.config.to_dict(),
+            "seed": self.config.seed,
+            "metrics": metrics,
+        }
+        save_bundle(self.bundle_dir, model, meta, tensors=st["best_model"])
+
+    def _restore(self, loaded, model, opt, sched, scaler) -> dict[str, Any]:  # noqa: ANN001
+        """Put a saved checkpoint back: weights, optimiser, scheduler, RNGs and loop state."""
+        now = json.loads(json.dumps(self.config.to_dict()))
+        changed = sorted(
+            k for k in now if k not in RESUME_FREE and loaded["config"].get(k) != now[k]
+        )
+        if changed:
+            raise ConfigError(
+                f"cannot resume with a different training config (changed: {changed})",
+                self.checkpoint_dir,
+            )
+        model.load_state_dict(loaded["model"])
+        opt.load_state_dict(loaded["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(loaded["scheduler"])
+        if scaler is not None and loaded["scaler"] is not None:
+            scaler.load_state_dict(loaded["scaler"])
+        rngs = loaded["rng"]
+        restore_rng(rngs[self.rank] if len(rngs) == self.world else rngs[0])
+        return {k: loaded[k] for k in self._fresh_state()}

@@ -1,0 +1,290 @@
+"""Trainer: learns, is deterministic, resumes (after an exception or kill -9) to the same bytes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _trainer_support import register, unregister
+from liverphase.data.dataset import write_toy_items
+from liverphase.errors import ConfigError
+from liverphase.train import TrainConfig, Trainer, load_bundle, model_factory_from_config
+from liverphase.train.recipe import class_weights, val_metrics
+
+CLASSES = ["HCC", "ICC"]
+PHASES = ["ART", "PV"]
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_models():
+    """The tiny test models, registered for this module only."""
+    register()
+    yield
+    unregister()
+
+
+# A config that exercises every stateful part: momentum, a step schedule, dropout (global RNG),
+# augmentation, class weights and clipping.
+RESUME_CFG = {
+    "model": "tiny_test_model",
+    "model_options": {"dropout": 0.3},
+    "epochs": 4,
+    "batch_size": 4,
+    "lr": 0.05,
+    "optimizer": "sgd",
+    "scheduler": "step",
+    "step_size": 2,
+    "gamma": 0.5,
+    "class_weights": "balanced",
+    "grad_clip": 1.0,
+    "seed": 5,
+}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    return write_toy_items(root / "train", 12, seed=0), write_toy_items(root / "val", 8, seed=1)
+
+
+def make_trainer(cfg: dict, items, out, **kwargs) -> Trainer:
+    config = TrainConfig.from_dict(cfg)
+    factory = model_factory_from_config(config, len(CLASSES), PHASES, in_channels=1)
+    return Trainer(config, factory, items[0], items[1], out, CLASSES, progress=False, **kwargs)
+
+
+def deterministic_part(history):
+    """History without wall-clock figures."""
+    return [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in history]
+
+
+@pytest.fixture(scope="module")
+def reference(toy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    result = make_trainer(RESUME_CFG, toy, out, tensorboard=False).fit()
+    return out, result
+
+
+def assert_same_run(out_a: Path, result_a: dict, out_b: Path, result_b: dict) -> None:
+    assert deterministic_part(result_a["history"]) == deterministic_part(result_b["history"])
+    assert result_a["best_epoch"] == result_b["best_epoch"]
+    for name in ("bundle/model.safetensors", "checkpoint/state.safetensors"):
+        assert (out_a / name).read_bytes() == (out_b / name).read_bytes(), name
+
+
+def test_learns_an_easy_signal_and_writes_the_run(toy, tmp_path):
+    cfg = {"model": "tiny_test_model", "epochs": 6, "lr": 0.1, "batch_size": 4}
+    trainer = make_trainer(cfg, toy, tmp_path)
+    result = trainer.fit()
+    hist = result["history"]
+    assert [r["epoch"] for r in hist] == [1, 2, 3, 4, 5, 6]
+    # Chance at first (accuracy 0.5), then every validation case right and the loss well down.
+    assert hist[0]["val_acc"] <= 0.625 and hist[-1]["val_acc"] == 1.0
+    assert result["best"]["val_auc"] > 0.9 and hist[-1]["val_loss"] < hist[0]["val_loss"] * 0.7
+    lines = (tmp_path / "log.csv").read_text().splitlines()
+    assert lines[0] == "epoch,train_loss,val_loss,val_auc,lr,seconds,samples_per_s"
+    assert len(lines) == 7 and float(lines[1].split(",")[3]) == pytest.approx(hist[0]["val_auc"])
+    assert any((tmp_path / "tensorboard").iterdir())
+    # The bundle holds the best epoch and predicts exactly what the trainer predicts.
+    model, meta = load_bundle(tmp_path / "bundle")
+    assert meta["metrics"]["epoch"] == result["best_epoch"]
+    assert meta["metrics"]["val_auc"] == result["best"]["val_auc"]
+    assert meta["model"] == "tiny_test_model" and meta["phases"] == PHASES
+    assert meta["train"]["lr"] == 0.1 and meta["class_names"] == CLASSES
+    val = toy[1]
+    probs = trainer.predict(val)
+    x = torch.stack([torch.from_numpy(np.load(it["image"])) for it in val])
+    with torch.no_grad():
+        expected = torch.softmax(model(x).logits, 1).numpy()
+    np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)
+    assert probs.shape == (8, 2)
+    np.testing.assert_array_equal(trainer.predict(val[::-1]), probs[::-1])
+    unlabelled = [{k: v for k, v in it.items() if k != "label"} for it in val[:3]]
+    np.testing.assert_array_equal(trainer.predict(unlabelled), probs[:3])
+
+
+def test_same_seed_same_bytes_other_seed_differs(toy, reference, tmp_path):
+    out, result = reference
+    # Same seed, and loading in two worker processes instead of this one: the same bytes.
+    cfg = {**RESUME_CFG, "num_workers": 2}
+    again = make_trainer(cfg, toy, tmp_path / "a", tensorboard=False).fit()
+    assert_same_run(out, result, tmp_path / "a", again)
+    make_trainer({**RESUME_CFG, "seed": 6}, toy, tmp_path / "b", tensorboard=False).fit()
+    weights = "bundle/model.safetensors"
+    assert (tmp_path / "b" / weights).read_bytes() != (out / weights).read_bytes()
+
+
+def test_resume_after_a_crash_matches_an_unbroken_run(toy, reference, tmp_path):
+    class Crash(Exception):
+        pass
+
+    def crash_after_2(epoch, record):
+        if epoch == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        make_trainer(RESUME_CFG, toy, tmp_path, callbacks=[crash_after_2]).fit()
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 2
+    resumed = make_trainer(RESUME_CFG, toy, tmp_path).fit(resume=True)
+    assert_same_run(reference[0], reference[1], tmp_path, resumed)
+    assert (tmp_path / "log.csv").read_text().count("\n") == 5  # header + 4 epochs, no repeats
+    # Resuming a finished run changes nothing; a changed config is refused.
+    again = make_trainer(RESUME_CFG, toy, tmp_path).fit(resume=True)
+    assert again["history"] == resumed["history"]
+    with pytest.raises(ConfigError, match="lr"):
+        make_trainer({**RESUME_CFG, "lr": 0.01}, toy, tmp_path).fit(resume=True)
+
+
+KILL_SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import json
+from _trainer_support import register
+from test_trainer import make_trainer, RESUME_CFG
+register()
+toy = json.loads({toy!r})
+pause = lambda epoch, record: time.sleep(0.3)
+make_trainer(RESUME_CFG, toy, {out!r}, callbacks=[pause]).fit()
+"""
+
+
+def test_kill_9_then_resume_matches_an_unbroken_run(toy, reference, tmp_path):
+    out = tmp_path / "run"
+    script = KILL_SCRIPT.format(tests=str(TESTS), toy=json.dumps(toy), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=os.environ.copy())
+    state_file = out / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state_file.exists() and json.loads(state_file.read_text())["epoch"] >= 1:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "training ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = json.loads(state_file.read_text())["epoch"]
+    assert 1 <= killed_at < RESUME_CFG["epochs"]
+    resumed = make_trainer(RESUME_CFG, toy, out).fit(resume=True)
+    assert_same_run(reference[0], reference[1], out, resumed)
+
+
+def test_early_stopping_on_a_stalled_metric(toy, tmp_path):
+    # An update far below float32 resolution leaves the weights (and metrics) unchanged.
+    cfg = {
+        "model": "tiny_test_model",
+        "epochs": 10,
+        "lr": 1e-30,
+        "optimizer": "sgd",
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "early_stopping_patience": 2,
+    }
+    result = make_trainer(cfg, toy, tmp_path, tensorboard=False).fit()
+    assert result["stopped_early"] and result["epochs_run"] == 3 and result["best_epoch"] == 1
+    assert len(result["history"]) == 3
+
+
+def test_without_validation_the_last_epoch_is_kept(toy, tmp_path):
+    cfg = {"model": "tiny_test_model", "epochs": 2, "lr": 0.05}
+    config = TrainConfig.from_dict(cfg)
+    factory = model_factory_from_config(config, 2, PHASES, in_channels=1)
+    trainer = Trainer(config, factory, toy[0], [], tmp_path, CLASSES, progress=False)
+    result = trainer.fit()
+    assert result["best_epoch"] == 2 and math.isnan(result["history"][0]["val_auc"])
+    _, meta = load_bundle(tmp_path / "bundle")
+    assert meta["metrics"]["val_auc"] is None  # strict JSON: no NaN in bundle.json
+
+
+def test_balanced_class_weights(toy, tmp_path):
+    train = toy[0][:8] + [it for it in toy[0][8:] if it["label"] == "HCC"]  # 6 HCC, 4 ICC
+    trainer = make_trainer(
+        {"model": "tiny_test_model", "class_weights": "balanced"}, (train, toy[1]), tmp_path
+    )
+    weights = class_weights("balanced", trainer.train_set.labels(), 2)
+    np.testing.assert_allclose(weights.numpy(), [10 / 12, 10 / 8], rtol=1e-6)
+    assert class_weights("none", trainer.train_set.labels(), 2) is None
+
+
+def test_segmenting_model_trains_with_the_joint_loss_and_predicts_masks(toy, tmp_path):
+    cfg = {"model": "tiny_seg_test_model", "epochs": 2, "lr": 0.05}
+    trainer = make_trainer(cfg, toy, tmp_path, tensorboard=False)
+    result = trainer.fit()
+    assert trainer.segments and all(math.isfinite(r["val_loss"]) for r in result["history"])
+    probs, masks = trainer.predict(toy[1][:3], return_masks=True)
+    assert probs.shape == (3, 2) and len(masks) == 3
+    assert masks[0].shape == (8, 16, 16) and masks[0].dtype == np.uint8
+
+
+def test_val_metrics_match_sklearn_definitions():
+    labels = np.array([0, 1, 2, 2, 1, 0])
+    probs = np.array(
+        [
+            [0.7, 0.2, 0.1],
+            [0.2, 0.5, 0.3],
+            [0.1, 0.2, 0.7],
+            [0.3, 0.4, 0.3],
+            [0.6, 0.3, 0.1],
+            [0.5, 0.4, 0.1],
+        ]
+    )
+    m = val_metrics(labels, probs, np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
+    assert m["loss"] == 3.5 and m["acc"] == pytest.approx(4 / 6)
+    # one-vs-rest AUCs by hand: class 0: 7/8, class 1: 6/8, class 2: 7.5/8 (a tie counts ½)
+    assert m["auc"] == pytest.approx(20.5 / 24)
+    assert math.isnan(val_metrics(np.array([0, 0]), probs[:2, :2], np.zeros(2))["auc"])
+
+
+def test_batch_must_split_over_processes_and_profiles(monkeypatch):
+    from liverphase.train import PROFILE_INPUT, profile_config
+
+    paper = profile_config("paper")
+    assert (paper.optimizer, paper.lr, paper.momentum, paper.scheduler) == (
+        "sgd",
+        1e-3,
+        0.9,
+        "step",
+    )
+    assert (paper.step_size, paper.gamma, paper.epochs, paper.batch_size) == (10, 0.1, 50, 2)
+    cpu = profile_config("cpu", epochs=3, lr=None)
+    assert (cpu.optimizer, cpu.scheduler, cpu.epochs, cpu.lr, cpu.weight_decay) == (
+        "adamw",
+        "cosine",
+        3,
+        1e-3,
+        1e-4,
+    )
+    assert PROFILE_INPUT["paper"] == (64, 128, 128)
+    with pytest.raises(ConfigError, match="unknown profile"):
+        profile_config("gpu")
+    with pytest.raises(ConfigError, match="optimizer"):
+        profile_config("cpu", optimizer="adam")
+    cfg = TrainConfig.from_dict({"augment_params": {"flip_prob": 0.0}})
+    assert cfg.augment_params.flip_prob == 0.0
+    monkeypatch.setattr("liverphase.train.trainer.rank_world", lambda: (0, 3))
+    with pytest.raises(ConfigError, match="does not split over 3"):
+        Trainer(cfg, lambda: None, [], [], "unused", CLASSES)
+
+
+def test_divergence_and_lambda_mismatch_are_user_errors(toy, tmp_path):
+    cfg = {"model": "tiny_test_model", "epochs": 3, "lr": 1e30, "optimizer": "sgd"}
+    with pytest.raises(ConfigError, match="training diverged"):
+        make_trainer(cfg, toy, tmp_path / "a", tensorboard=False).fit()
+    # miff_spm mixes its logits with the λ it was built with: it must be the config's λ.
+    cfg = {"model": "miff_spm", "model_options": {"mtl_lambda": 0.25}, "mtl_lambda": 0.5}
+    with pytest.raises(ConfigError, match="mtl_lambda=0.25"):
+        make_trainer(cfg, toy, tmp_path / "b", tensorboard=False).fit()
