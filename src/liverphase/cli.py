@@ -97,6 +97,195 @@ def inspect(
         raise typer.Exit(2)
 
 
+def _parse_options(options: list[str]) -> dict[str, Any]:
+    """`key=value` pairs into a dict, values parsed as YAML scalars (numbers, true/false, lists)."""
+    import yaml
+
+    from liverphase.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in options:
+        if "=" not in item:
+            raise ConfigError(f"expected key=value, got {item!r}", "--option")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _experiment_kwargs(
+    model: str,
+    profile: str,
+    config: Path | None,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    phases: str | None,
+    in_channels: int,
+    option: list[str],
+    no_register: bool,
+) -> dict[str, Any]:
+    """Profile + YAML config + explicit flags (flags win) into make_experiment's keyword arguments."""
+    import yaml
+
+    from liverphase.errors import ConfigError
+
+    data: dict[str, Any] = {}
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError("config file not found", config)
+        try:
+            data = yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"invalid YAML ({str(exc).splitlines()[0]})", config) from None
+        if not isinstance(data, dict) or set(data) - {"train", "preprocess", "model_options"}:
+            raise ConfigError(
+                "expected a mapping with sections train, preprocess, model_options", config
+            )
+    train = dict(data.get("train") or {})
+    train.update(
+        {
+            k: v
+            for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
+            if v is not None
+        }
+    )
+    pre = dict(data.get("preprocess") or {})
+    if no_register:
+        pre["register"] = False
+    return {
+        "model": model,
+        "profile": profile,
+        "phases": [p.strip() for p in phases.split(",")] if phases else None,
+        "in_channels": in_channels,
+        "model_options": {**(data.get("model_options") or {}), **_parse_options(option)},
+        "preprocess_overrides": pre,
+        **train,
+    }
+
+
+_MODEL = typer.Option("miff_spm", "--model", help="A registered model (see `liverphase models`).")
+_PROFILE = typer.Option(
+    "cpu", help="paper (the paper's recipe, for GPUs) or cpu (reduced, for 2 CPU cores)."
+)
+_CONFIG = typer.Option(None, help="YAML with sections train, preprocess, model_options.")
+_PHASES = typer.Option(None, help="Comma-separated subset of the dataset's phases, e.g. NC,ART,PV.")
+_OPTION = typer.Option(
+    [], "--option", "-o", help="Model option key=value (repeatable), e.g. miff=false."
+)
+
+
+@app.command()
+@user_errors
+def preprocess(
+    dataset: Path = typer.Argument(..., help="An nnU-Net dataset with cases.csv."),
+    out: Path = typer.Option(..., "--out", help="Cache folder."),
+    workers: int = typer.Option(1, min=1, help="Worker processes."),
+    profile: str = typer.Option(
+        "cpu", help="Input grid of this training profile (paper: 64x128x128)."
+    ),
+    config: Path | None = typer.Option(None, help="YAML of PreprocessConfig fields."),
+    no_register: bool = typer.Option(False, "--no-register", help="Skip inter-phase registration."),
+) -> None:
+    """Preprocess every case into a content-addressed cache (a rerun with nothing changed does nothing)."""
+    from liverphase.preprocess.cache import preprocess_dataset
+    from liverphase.preprocess.config import PreprocessConfig
+    from liverphase.train.config import PROFILE_INPUT
+
+    cfg = (
+        PreprocessConfig.from_yaml(config)
+        if config
+        else PreprocessConfig(size=PROFILE_INPUT.get(profile, (64, 128, 128)))
+    )
+    if no_register:
+        cfg = cfg.replace(register=False)
+    stats = preprocess_dataset(dataset, out, cfg, workers=workers)
+    typer.echo(
+        f"built {stats['built']}, reused {stats['reused']}, {stats['seconds']:.1f} s; cache {out}"
+    )
+    for cid, warns in stats.get("warnings", {}).items():
+        for w in warns:
+            typer.echo(f"warning: {cid}: {w}")
+
+
+@app.command()
+@user_errors
+def train(
+    dataset: Path = typer.Argument(..., help="An nnU-Net dataset with cases.csv."),
+    out: Path = typer.Option(..., "--out", help="RUN folder (RUN/bundle is written)."),
+    model: str = _MODEL,
+    profile: str = _PROFILE,
+    epochs: int | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None),
+    lr: float | None = typer.Option(None),
+    seed: int = typer.Option(0),
+    config: Path | None = _CONFIG,
+    phases: str | None = _PHASES,
+    in_channels: int = typer.Option(3, help="3 CT windows or 1 raw channel."),
+    option: list[str] = _OPTION,
+    workers: int = typer.Option(1, min=1, help="Preprocessing worker processes."),
+    cache: Path | None = typer.Option(None, help="Cache folder (default RUN/cache)."),
+    resume: bool = typer.Option(False, help="Continue a killed run from its last checkpoint."),
+    no_register: bool = typer.Option(False, "--no-register"),
+) -> None:
+    """Train one model on a whole dataset (an inner validation split selects the epoch)."""
+    from liverphase.evaluate.cv import run_train
+
+    kwargs = _experiment_kwargs(
+        model, profile, config, epochs, batch_size, lr, phases, in_channels, option, no_register
+    )
+    result = run_train(
+        dataset, out, kwargs, seed=seed, cache_root=cache, workers=workers, resume=resume
+    )
+    typer.echo(f"bundle: {result['bundle']}")
+
+
+@app.command()
+@user_errors
+def cv(
+    dataset: Path = typer.Argument(..., help="An nnU-Net dataset with cases.csv."),
+    out: Path = typer.Option(..., "--out", help="RUN folder."),
+    model: str = _MODEL,
+    folds: int = typer.Option(5, min=2),
+    profile: str = _PROFILE,
+    epochs: int | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None),
+    lr: float | None = typer.Option(None),
+    seed: int = typer.Option(0),
+    config: Path | None = _CONFIG,
+    phases: str | None = _PHASES,
+    in_channels: int = typer.Option(3, help="3 CT windows or 1 raw channel."),
+    option: list[str] = _OPTION,
+    workers: int = typer.Option(1, min=1, help="Preprocessing worker processes."),
+    cache: Path | None = typer.Option(None, help="Cache folder (default RUN/cache)."),
+    resume: bool = typer.Option(False, help="Continue killed folds from their last checkpoint."),
+    no_register: bool = typer.Option(False, "--no-register"),
+) -> None:
+    """k-fold patient-level cross-validation: metrics with CIs, ROC, report and a bundle per fold."""
+    from liverphase.evaluate.cv import run_cv
+
+    kwargs = _experiment_kwargs(
+        model, profile, config, epochs, batch_size, lr, phases, in_channels, option, no_register
+    )
+    result = run_cv(
+        dataset,
+        out,
+        kwargs,
+        folds=folds,
+        seed=seed,
+        cache_root=cache,
+        workers=workers,
+        resume=resume,
+    )
+    pooled = result["metrics"]["pooled"]
+    ci = pooled.get("auc_ci") or [float("nan"), float("nan")]
+    typer.echo(
+        f"pooled AUC {pooled.get('auc', float('nan')):.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}), ACC {pooled.get('acc', float('nan')):.3f}"
+    )
+    if "dice" in pooled:
+        typer.echo(f"pooled Dice {pooled['dice']:.3f}")
+    typer.echo(f"report: {Path(out) / 'report.md'}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="liverphase")
