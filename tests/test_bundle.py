@@ -36,7 +36,7 @@ def bundle(tmp_path):
         "model": "tiny_test_model",
         "model_options": {"width": 5},
         "class_names": ["HCC", "ICC", "META"],
-        "preprocess": {"size": [4, 8, 8]},
+        "preprocessing": {"size": [4, 8, 8]},
         "split": {"train": ["a"], "test": ["b"]},
         "metrics": {"val_auc": 0.9},
         "seed": 3,
@@ -55,7 +55,7 @@ def test_round_trip_gives_identical_predictions(bundle):
     assert meta["phases"] == PHASES and meta["in_channels"] == 2
     assert meta["class_names"] == ["HCC", "ICC", "META"]
     assert meta["model_options"] == {"width": 5} and meta["seed"] == 3
-    assert meta["preprocess"] == {"size": [4, 8, 8]} and meta["metrics"] == {"val_auc": 0.9}
+    assert meta["preprocessing"] == {"size": [4, 8, 8]} and meta["metrics"] == {"val_auc": 0.9}
     assert meta["liverphase_version"] and meta["created"]
     assert read_bundle_meta(folder) == meta
 

@@ -102,7 +102,7 @@ def test_learns_an_easy_signal_and_writes_the_run(toy, tmp_path):
     assert meta["metrics"]["epoch"] == result["best_epoch"]
     assert meta["metrics"]["val_auc"] == result["best"]["val_auc"]
     assert meta["model"] == "tiny_test_model" and meta["phases"] == PHASES
-    assert meta["train"]["lr"] == 0.1 and meta["class_names"] == CLASSES
+    assert meta["training"]["lr"] == 0.1 and meta["class_names"] == CLASSES
     val = toy[1]
     probs = trainer.predict(val)
     x = torch.stack([torch.from_numpy(np.load(it["image"])) for it in val])

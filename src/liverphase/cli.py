@@ -286,6 +286,54 @@ def cv(
     typer.echo(f"report: {Path(out) / 'report.md'}")
 
 
+@app.command()
+@user_errors
+def models(
+    quick: bool = typer.Option(
+        False, help="Tiny input (seconds, for a smoke check) instead of the paper and CPU grids."
+    ),
+    names: str | None = typer.Option(None, help="Comma-separated subset of models."),
+    memory_options: bool = typer.Option(
+        False, help="Also profile the memory-saving options (checkpointing, slice chunks)."
+    ),
+    repeats: int = typer.Option(3, min=1),
+    out: Path | None = typer.Option(
+        None, help="Also save the rows as JSON and the table as markdown here."
+    ),
+) -> None:
+    """Registered models: parameters, forward GFLOPs, forward and training-step time, peak memory (batch 2)."""
+    from liverphase.atomic import atomic_write_json, atomic_write_text
+    from liverphase.bench.models import (
+        MEMORY_OPTIONS,
+        default_input_shapes,
+        format_models_table,
+        profile_models,
+    )
+    from liverphase.errors import ConfigError
+    from liverphase.models import list_models, model_info
+
+    registered = list_models()
+    chosen = [n.strip() for n in names.split(",")] if names else registered
+    unknown = [n for n in chosen if n not in registered]
+    if unknown:
+        raise ConfigError(f"unknown model(s) {unknown}; registered: {registered}", "--names")
+    for name in chosen:
+        typer.echo(
+            f"{name}: {model_info(name)['description'].splitlines()[0] if model_info(name)['description'] else ''}"
+        )
+    rows = profile_models(
+        chosen,
+        default_input_shapes(quick),
+        repeats=repeats,
+        options_by_name=MEMORY_OPTIONS if memory_options else None,
+    )
+    table = format_models_table(rows)
+    typer.echo(table)
+    if out is not None:
+        atomic_write_json(out / "models.json", rows)
+        atomic_write_text(out / "models.md", table + "\n")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="liverphase")

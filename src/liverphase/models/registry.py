@@ -26,13 +26,17 @@ class MultiPhaseModel(nn.Module):
 
     #: True when the model predicts a lesion mask (seg_logits).
     segments: bool = False
+    #: Fewest phases the architecture can fuse (cross-phase models need 2).
+    min_phases: int = 1
 
     def __init__(self, num_classes: int, phases: Sequence[str], in_channels: int) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if not 1 <= len(phases) <= 8:
-            raise ValueError(f"a model takes 1 to 8 phases, got {len(phases)}")
+        if not self.min_phases <= len(phases) <= 8:
+            raise ValueError(
+                f"{type(self).__name__} takes {self.min_phases} to 8 phases, got {len(phases)}"
+            )
         self.num_classes = int(num_classes)
         self.phases = list(phases)
         self.in_channels = int(in_channels)
@@ -65,6 +69,7 @@ def register_model(
         _REGISTRY[name] = fn
         _INFO[name] = {
             "segments": segments,
+            "min_phases": getattr(fn, "min_phases", 1),
             "description": description or (fn.__doc__ or "").strip(),
         }
         return fn

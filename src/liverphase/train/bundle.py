@@ -21,7 +21,7 @@ META = "bundle.json"
 FORMAT = "liverphase-bundle-1"
 REQUIRED = ("liverphase_version", "model", "model_options", "class_names", "phases", "in_channels")
 # Contract fields a bundle always has (null when the caller gives none).
-OPTIONAL = ("preprocess", "train", "split", "metrics", "seed")
+OPTIONAL = ("preprocessing", "training", "split", "metrics", "seed")
 
 
 def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -136,7 +136,10 @@ def load_bundle(
 
 def _build(meta: dict[str, Any], path: Path) -> MultiPhaseModel:
     """create_model from the bundle's name and options."""
+    # The trained weights come from model.safetensors: the original pretrained file is not needed
+    # (and may not exist where the bundle is used).
     options = {**meta["model_options"], "in_channels": meta["in_channels"]}
+    options.pop("pretrained", None)
     try:
         return create_model(
             meta["model"], num_classes=len(meta["class_names"]), phases=meta["phases"], **options

@@ -373,7 +373,7 @@ class Trainer:
             "model": self.config.model,
             "model_options": self.config.model_options,
             "class_names": self.class_names,
-            "train": self.config.to_dict(),
+            "training": self.config.to_dict(),
             "seed": self.config.seed,
             "metrics": metrics,
         }
