@@ -1,0 +1,401 @@
+"""Content-addressed cache of preprocessed studies.
+
+`CACHE/<key>/` holds `image.npy` (P, C, D, H, W float32), `mask.npy` (D, H, W uint8, when the case
+has a mask) and `meta.json`. The key is the sha256 of the input files' content, the case's own
+settings (phase order, reference, cases.csv bbox), the preprocessing config and the liverphase
+version: change any of them and the study is rebuilt, change nothing and nothing is read. An
+entry is written in a dot-prefixed temporary folder and renamed whole, so a killed run leaves no
+partial entry; stale temporary folders are removed by the next run. `CACHE/index.json` maps each
+case id to the key of its latest build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm.auto import tqdm
+
+from liverphase import __version__
+from liverphase.atomic import atomic_dir, atomic_write_json
+from liverphase.errors import DatasetError, InputFileError, LiverphaseError
+from liverphase.io.nifti import NnUNetDataset, open_dataset
+from liverphase.io.study import Study
+from liverphase.preprocess.config import PreprocessConfig
+from liverphase.preprocess.pipeline import preprocess_study
+
+CACHE_FORMAT = 1
+IMAGE, MASK, META, INDEX, HASHES = (
+    "image.npy",
+    "mask.npy",
+    "meta.json",
+    "index.json",
+    "file_hashes.json",
+)
+_OWNER = ".owner"
+_CHUNK = 1 << 20
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, streamed in 1 MiB chunks."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(_CHUNK):
+                digest.update(block)
+    except FileNotFoundError:
+        raise InputFileError("file not found", path) from None
+    except OSError as exc:
+        raise InputFileError(f"cannot read ({exc.strerror})", path) from None
+    return digest.hexdigest()
+
+
+class FileHasher:
+    """File digests, remembered per (path, size, mtime) in `CACHE/file_hashes.json` across runs."""
+
+    def __init__(self, memo_path: Path | None = None) -> None:
+        self.memo_path = memo_path
+        self.memo: dict[str, dict[str, Any]] = {}
+        self.changed = False
+        if memo_path is not None and memo_path.is_file():
+            try:
+                self.memo = json.loads(memo_path.read_text())
+            except (json.JSONDecodeError, OSError):
+                self.memo = {}  # a damaged memo only costs re-hashing
+
+    def digest(self, path: str | Path) -> str:
+        """sha256 of the file, from the memo when its size and mtime are unchanged."""
+        path = Path(path)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise InputFileError("file not found", path) from None
+        name = str(path.resolve())
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        hit = self.memo.get(name)
+        if hit and hit.get("stamp") == stamp:
+            return str(hit["sha256"])
+        value = file_digest(path)
+        self.memo[name] = {"stamp": stamp, "sha256": value}
+        self.changed = True
+        return value
+
+    def save(self) -> None:
+        """Write the memo back (atomically) if it grew."""
+        if self.memo_path is not None and self.changed:
+            atomic_write_json(self.memo_path, self.memo)
+            self.changed = False
+
+
+@dataclass
+class CachedStudy:
+    """A cache entry: memory-mapped arrays plus meta; `built` says whether this call made it."""
+
+    key: str
+    case_id: str
+    image: np.ndarray
+    mask: np.ndarray | None
+    meta: dict[str, Any]
+    built: bool = False
+
+
+def cache_key(
+    files: Sequence[tuple[str, str]], config: PreprocessConfig, extra: dict[str, Any] | None = None
+) -> str:
+    """sha256 over (file name, digest) pairs, case settings, config (canonical JSON) and version."""
+    payload = {
+        "format": CACHE_FORMAT,
+        "version": __version__,
+        "config": config.to_dict(),
+        "files": [list(f) for f in files],
+        "extra": extra or {},
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class PreprocessCache:
+    """A folder of preprocessed studies keyed by content (see the module docstring)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def entry_dir(self, key: str) -> Path:
+        """The folder of one entry."""
+        return self.root / key
+
+    def has(self, key: str) -> bool:
+        """True when a complete entry exists (entries only appear whole)."""
+        d = self.entry_dir(key)
+        return (d / META).is_file() and (d / IMAGE).is_file()
+
+    def key_for(
+        self,
+        files: Sequence[str | Path],
+        config: PreprocessConfig,
+        extra: dict[str, Any] | None = None,
+        hasher: FileHasher | None = None,
+    ) -> str:
+        """The key of a case read from `files` (content hashed, names kept: they carry the phase)."""
+        hasher = hasher or FileHasher()
+        return cache_key([(Path(f).name, hasher.digest(f)) for f in files], config, extra)
+
+    def load(self, key: str, mmap: bool = True) -> CachedStudy:
+        """Open an entry; arrays are memory-mapped read-only unless `mmap=False`."""
+        d = self.entry_dir(key)
+        if not self.has(key):
+            raise InputFileError("no such cache entry", d)
+        meta = json.loads((d / META).read_text())
+        mode = "r" if mmap else None
+        image = np.load(d / IMAGE, mmap_mode=mode)
+        mask = np.load(d / MASK, mmap_mode=mode) if (d / MASK).is_file() else None
+        return CachedStudy(key, meta.get("case_id", ""), image, mask, meta)
+
+    def read_index(self) -> dict[str, str]:
+        """case id → key of its latest build (empty when there is no index)."""
+        path = self.root / INDEX
+        if not path.is_file():
+            return {}
+        try:
+            return dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, OSError):
+            return {}
+
+    def update_index(self, keys: dict[str, str]) -> None:
+        """Merge `keys` into index.json (written atomically)."""
+        index = self.read_index()
+        index.update(keys)
+        atomic_write_json(self.root / INDEX, dict(sorted(index.items())))
+
+    def load_case(self, case_id: str, mmap: bool = True) -> CachedStudy:
+        """Open the latest entry of a case through the index."""
+        key = self.read_index().get(case_id)
+        if key is None:
+            raise InputFileError(f"case {case_id!r} is not in the cache index", self.root / INDEX)
+        return self.load(key, mmap)
+
+    def write(
+        self,
+        key: str,
+        case_id: str,
+        image: np.ndarray,
+        mask: np.ndarray | None,
+        meta: dict[str, Any],
+    ) -> Path:
+        """Store an entry atomically (a temporary sibling folder renamed whole)."""
+        target = self.entry_dir(key)
+        with atomic_dir(target) as tmp:
+            (tmp / _OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+            np.save(tmp / IMAGE, np.ascontiguousarray(image, dtype=np.float32))
+            if mask is not None:
+                np.save(tmp / MASK, np.ascontiguousarray(mask, dtype=np.uint8))
+            full = {
+                "key": key,
+                "case_id": case_id,
+                "liverphase_version": __version__,
+                "cache_format": CACHE_FORMAT,
+                **meta,
+            }
+            atomic_write_json(tmp / META, full)  # fsynced; the arrays are synced below
+            for name in (IMAGE, MASK):
+                if (tmp / name).exists():
+                    with open(tmp / name, "rb") as fh:
+                        os.fsync(fh.fileno())
+            (tmp / _OWNER).unlink()
+        return target
+
+    def build(
+        self, key: str, study: Study, config: PreprocessConfig, info: dict[str, Any] | None = None
+    ) -> CachedStudy:
+        """Preprocess a study and store it under `key`."""
+        result = preprocess_study(study, config)
+        meta = {**result.meta, "config": config.to_dict(), **(info or {})}
+        self.write(key, study.case_id, result.image, result.mask, meta)
+        out = self.load(key)
+        out.built = True
+        return out
+
+    def get_or_build(
+        self,
+        case_id: str,
+        files: Sequence[str | Path],
+        study_loader: Callable[[], Study],
+        config: PreprocessConfig,
+        extra: dict[str, Any] | None = None,
+    ) -> CachedStudy:
+        """The cached entry of a case, built (loading the study) only when missing."""
+        key = self.key_for(files, config, extra)
+        if self.has(key):
+            out = self.load(key)
+        else:
+            out = self.build(key, study_loader(), config, {"inputs": [Path(f).name for f in files]})
+        self.update_index({case_id: key})
+        return out
+
+    def clean_temp(self, min_age_s: float = 3600.0) -> int:
+        """Remove temporary folders left by killed runs; return how many were removed.
+
+        A folder whose owner process (same host) still runs is kept; one without an owner record
+        is removed only once older than `min_age_s` (it may be a writer that just started).
+        """
+        if not self.root.is_dir():
+            return 0
+        removed = 0
+        host = socket.gethostname()
+        for d in self.root.iterdir():
+            if not (d.is_dir() and d.name.startswith(".")):
+                continue
+            owner = _owner_of(d)
+            if owner is not None:
+                stale = owner[0] != host or not _alive(owner[1])
+            else:
+                stale = time.time() - d.stat().st_mtime > min_age_s
+            if stale:
+                shutil.rmtree(d, ignore_errors=True)
+                removed += 1
+        return removed
+
+
+def _owner_of(d: Path) -> tuple[str, int] | None:
+    if ".old" in d.name:  # atomic_dir's displaced entry: `.{key}.old{pid}`
+        tail = d.name.rsplit(".old", 1)[1]
+        return (socket.gethostname(), int(tail)) if tail.isdigit() else None
+    try:
+        host, pid = (d / _OWNER).read_text().split()
+        return host, int(pid)
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- a whole dataset ---------------------------------------------------------------------------
+
+
+def _case_extra(ds: NnUNetDataset, case_id: str) -> dict[str, Any]:
+    # what besides file content shapes the result: phase names per file, reference, csv bbox
+    rec = ds.case(case_id)
+    return {
+        "phases": ds.phases,
+        "reference_phase": ds.reference_phase,
+        "bbox": list(rec.bbox) if rec.bbox else None,
+    }
+
+
+def _worker_init(threads: int) -> None:
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
+
+
+def _build_case(
+    dataset_root: str, case_id: str, key: str, cache_root: str, config: dict[str, Any]
+) -> tuple[str, str, float, list[str]]:
+    """Load, preprocess and store one case (runs in a worker process; arguments are picklable)."""
+    start = time.perf_counter()
+    cfg = PreprocessConfig.from_dict(config)
+    ds = open_dataset(dataset_root)
+    study = ds.load_study(case_id, require_roi=cfg.roi_source != "image")
+    inputs = [p.name for p in ds.case_files(case_id)]
+    entry = PreprocessCache(cache_root).build(key, study, cfg, {"inputs": inputs})
+    return case_id, key, time.perf_counter() - start, list(entry.meta.get("warnings", []))
+
+
+def preprocess_dataset(
+    dataset_root: str | Path,
+    cache_root: str | Path,
+    config: PreprocessConfig,
+    workers: int = 1,
+    progress: bool = True,
+    cases: Sequence[str] | None = None,
+    strict: bool = True,
+) -> dict[str, Any]:
+    """Preprocess every case (or `cases`) of a dataset into the cache; unchanged cases are skipped.
+
+    Keys are computed from file hashes first, so a rerun with nothing changed reads no study.
+    Returns stats: built, reused, failed (case → message), seconds, keys (case → key), warnings.
+    With `strict`, any failure raises DatasetError after the other cases are done and indexed.
+    """
+    start = time.perf_counter()
+    ds = open_dataset(dataset_root)
+    cache = PreprocessCache(cache_root)
+    cache.root.mkdir(parents=True, exist_ok=True)
+    cache.clean_temp()
+    hasher = FileHasher(cache.root / HASHES)
+    ids = list(cases) if cases is not None else [c.case_id for c in ds.cases]
+    keys: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    todo: list[tuple[str, str]] = []
+    for cid in ids:
+        try:
+            keys[cid] = cache.key_for(ds.case_files(cid), config, _case_extra(ds, cid), hasher)
+        except LiverphaseError as exc:
+            failed[cid] = str(exc)
+            continue
+        if not cache.has(keys[cid]):
+            todo.append((cid, keys[cid]))
+    hasher.save()
+    warnings: dict[str, list[str]] = {}
+    args = [(str(ds.root), cid, key, str(cache.root), config.to_dict()) for cid, key in todo]
+    bar = tqdm(total=len(todo), desc="preprocess", unit="study", disable=not progress or not todo)
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+
+    def done(cid: str, outcome: tuple[str, str, float, list[str]] | BaseException) -> None:
+        if isinstance(outcome, LiverphaseError):
+            failed[cid] = str(outcome)
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        elif outcome[3]:
+            warnings[cid] = outcome[3]
+        bar.update(1)
+
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for a in args:
+                try:
+                    done(a[1], _build_case(*a))
+                except LiverphaseError as exc:
+                    done(a[1], exc)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
+            ) as pool:
+                futures = {pool.submit(_build_case, *a): a[1] for a in args}
+                for fut in as_completed(futures):
+                    exc = fut.exception()
+                    done(futures[fut], exc if exc is not None else fut.result())
+    finally:
+        bar.close()
+        cache.update_index({c: k for c, k in keys.items() if c not in failed and cache.has(k)})
+    stats = {
+        "built": len(todo) - len([c for c, _ in todo if c in failed]),
+        "reused": len(keys) - len(todo),
+        "failed": failed,
+        "seconds": round(time.perf_counter() - start, 3),
+        "keys": {c: k for c, k in keys.items() if c not in failed},
+        "warnings": warnings,
+    }
+    if failed and strict:
+        first = next(iter(failed.items()))
+        raise DatasetError(f"{len(failed)} case(s) failed; first {first[0]}: {first[1]}", ds.root)
+    return stats
