@@ -334,6 +334,65 @@ def models(
         atomic_write_text(out / "models.md", table + "\n")
 
 
+@app.command()
+@user_errors
+def predict(
+    study: Path = typer.Argument(
+        ..., help="A DICOM folder, an nnU-Net case file, or a dataset (with --case, or all cases)."
+    ),
+    bundle: Path = typer.Option(
+        ..., "--bundle", help="A bundle folder (RUN/bundle or RUN/fold_k/bundle)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    case: str | None = typer.Option(None, help="One case of a dataset."),
+    mask: Path | None = typer.Option(None, help="Lesion mask on the reference phase's grid."),
+    bbox: str | None = typer.Option(
+        None,
+        help="Lesion box 'z0 y0 x0 z1 y1 x1' (voxels) or 'x0 y0 z0 x1 y1 z1' (mm); 3 numbers: a point.",
+    ),
+    bbox_units: str = typer.Option("mm", help="mm or voxel."),
+    keep_phi: bool = typer.Option(False, help="Keep patient name and birth date in the report."),
+) -> None:
+    """Characterise, segment and explain the lesion of a study; writes prediction.json, CAMs and report.html."""
+    from liverphase.errors import ConfigError
+    from liverphase.inference.run import run_predict
+
+    box = None
+    if bbox is not None:
+        try:
+            box = [float(v) for v in bbox.replace(",", " ").split()]
+        except ValueError:
+            raise ConfigError(f"expected numbers, got {bbox!r}", "--bbox") from None
+    if bbox_units not in ("mm", "voxel"):
+        raise ConfigError(f"must be mm or voxel, got {bbox_units!r}", "--bbox-units")
+    result = run_predict(
+        bundle, study, out, case=case, mask=mask, bbox=box, bbox_units=bbox_units, keep_phi=keep_phi
+    )
+    if "summary" in result:
+        typer.echo(
+            f"{len(result.get('cases', []))} case(s), {len(result.get('failed', {}))} failed; summary: {Path(out) / 'summary.csv'}"
+        )
+    else:
+        probs = ", ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items())
+        typer.echo(f"{result['case_id']}: {result['label']} ({probs})")
+        typer.echo(f"report: {Path(out) / 'report.html'}")
+
+
+@app.command()
+@user_errors
+def export(
+    bundle: Path = typer.Option(..., "--bundle", help="A bundle folder."),
+    onnx: Path = typer.Option(..., "--onnx", help="Output .onnx file."),
+) -> None:
+    """Export a bundle's model to ONNX, checked against PyTorch with onnxruntime."""
+    from liverphase.inference.export import export_onnx
+
+    info = export_onnx(bundle, onnx)
+    typer.echo(
+        f"wrote {onnx} (max abs diff vs PyTorch {info['max_abs_diff']:.2e}, dynamic batch {info['dynamic_batch']})"
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="liverphase")

@@ -36,7 +36,7 @@ from liverphase.io.study import Study
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.preprocess.pipeline import preprocess_study
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 IMAGE, MASK, META, INDEX, HASHES = (
     "image.npy",
     "mask.npy",

@@ -27,6 +27,7 @@ from liverphase.preprocess.geometry import (
     to_canonical,
 )
 from liverphase.preprocess.intensity import ct_channels, hu_warning, mri_channel, mri_stats
+from liverphase.preprocess.kinetics import measure_kinetics
 from liverphase.preprocess.register import (
     RegistrationResult,
     fixed_region,
@@ -261,4 +262,10 @@ def preprocess_study(
         "warnings": warnings,
         "timings": timings,
     }
+    if mask is not None and mask.any():
+        # Region means in HU (or signal) on the registered crop: the kinetics baseline's features.
+        values = np.stack([raw[p] for p in phases]).astype(np.float32)
+        meta["kinetics"] = measure_kinetics(
+            values, mask, grid.scale_mm, phases, study.reference_phase, ct=config.modality == "ct"
+        )
     return PreprocessedStudy(study.case_id, image, mask, meta)

@@ -1,0 +1,82 @@
+"""What the report needs beyond prediction.json: arrays on the analysis grid, the bundle's identity
+and the model's cross-validated performance."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class ReportContext:
+    """Arrays on the analysis grid (canonical LPS, axial slices along axis 1 of `values`)."""
+
+    phases: list[str]
+    values: np.ndarray  # (P, D, H, W) HU or signal, registered
+    mask: np.ndarray  # (D, H, W) bool: the lesion used for kinetics
+    cams: np.ndarray | None  # (P, D, H, W) in [0, 1]
+    spacing_zyx: tuple[float, float, float]
+    kinetics: dict[str, Any] | None
+    patterns: dict[str, Any] | None
+    raw_kinetics: dict[str, Any] | None
+    modality: str
+    cam_shared: bool = False
+
+
+def cv_metrics(bundle_dir: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The model's AUC with its CI: a cv RUN's pooled metrics.json, else the bundle's own metrics.
+
+    A `cv` bundle lives in RUN/fold_k/bundle (RUN/metrics.json two levels up); `train` writes
+    RUN/bundle (one level up).
+    """
+    for run in (bundle_dir.parent.parent, bundle_dir.parent):
+        path = run / "metrics.json"
+        if not path.is_file():
+            continue
+        try:
+            pooled = json.loads(path.read_text()).get("pooled", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(pooled, dict) and pooled.get("auc") is not None:
+            return {
+                "kind": "cross-validation, pooled out-of-fold",
+                "auc": pooled.get("auc"),
+                "auc_ci": pooled.get("auc_ci"),
+                "ci_level": pooled.get("ci_level"),
+                "n_cases": pooled.get("n_cases"),
+                "source": str(path),
+            }
+    own = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    for key, kind in (("auc", "bundle metrics"), ("val_auc", "validation split, best epoch")):
+        if own.get(key) is not None:
+            return {
+                "kind": kind,
+                "auc": own[key],
+                "auc_ci": own.get(f"{key}_ci"),
+                "source": "bundle.json",
+            }
+    return None
+
+
+def bundle_identity(bundle_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Which bundle made the prediction: path, model, options, versions and a weights digest."""
+    weights = bundle_dir / "model.safetensors"
+    digest = hashlib.sha256()
+    with open(weights, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return {
+        "path": str(bundle_dir.resolve()),
+        "model": meta.get("model"),
+        "model_options": meta.get("model_options"),
+        "class_names": meta.get("class_names"),
+        "phases": meta.get("phases"),
+        "trained_with_liverphase": meta.get("liverphase_version"),
+        "created": meta.get("created"),
+        "weights_sha256": digest.hexdigest()[:16],
+    }

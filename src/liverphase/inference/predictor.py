@@ -1,0 +1,424 @@
+"""A bundle and a study → class probabilities, lesion mask, CAMs, kinetics and a report in OUT.
+
+`Predictor(bundle_dir).predict_study(study, out_dir, ...)` writes OUT as DESIGN.md's contract says:
+`prediction.json`, `lesion_mask.nii.gz` (segmenting models; plus `lesion_seg.dcm`, a DICOM SEG, for
+DICOM studies), `cam_<phase>.nii.gz` and `report.html`. Every image output lies on the study's
+reference phase grid exactly as stored (size, spacing, origin, direction).
+
+Preprocessing is the bundle's own config; only where the crop comes from is decided here. The
+lesion is located by, in this order: the `mask` argument, the `bbox` argument, the study's own mask
+or bbox (a dataset case), or — for a segmenting model — a coarse pass of the model over the whole
+scan whose largest predicted component gives the box. The crop is then the lesion box (enlarged by
+the mean jitter scale when the bundle trained on jittered boxes, so the crop matches what the model
+saw on average) plus the bundle's margin. Phases go through `lesion.snap` first (canonical
+orientation, geometry rounded far below a voxel) so DICOM, NIfTI and flipped storage of one study
+give identical inputs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+import liverphase
+from liverphase.errors import BundleError, ConfigError, DatasetError, LiverphaseError
+from liverphase.explain.cam import CamResult, PhaseGradCAM
+from liverphase.explain.occlusion import phase_importance
+from liverphase.inference import analysis, lesion
+from liverphase.inference.context import bundle_identity, cv_metrics
+from liverphase.io.nifti import read_image
+from liverphase.io.outputs import (
+    find_phi,
+    image_on_grid,
+    phi_strings,
+    scrub,
+    write_json,
+    write_label_map,
+    write_unit_map,
+)
+from liverphase.io.study import Study
+from liverphase.preprocess.config import PreprocessConfig
+from liverphase.preprocess.pipeline import PreprocessedStudy, map_to_reference, preprocess_study
+from liverphase.train.bundle import load_bundle
+
+POOR_NCC = 0.5
+"""Below this normalised cross-correlation after registration a phase is flagged as poorly aligned."""
+
+
+def bundle_config(meta: dict[str, Any], bundle_dir: Path) -> PreprocessConfig:
+    """The bundle's preprocessing config (`preprocessing`, or `preprocess` in older bundles)."""
+    data = meta.get("preprocessing") or meta.get("preprocess")
+    where = bundle_dir / "bundle.json"
+    if not isinstance(data, dict):
+        raise BundleError("has no preprocessing config: predict cannot reproduce the input", where)
+    try:
+        return PreprocessConfig.from_dict(data, source=str(where))
+    except ConfigError as exc:
+        raise BundleError(f"invalid preprocessing config: {exc.problem}", where) from None
+
+
+class Predictor:
+    """A loaded bundle ready to predict studies (build once, predict many)."""
+
+    def __init__(self, bundle_dir: str | Path, device: str | torch.device | None = None) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.device = torch.device(device or "cpu")
+        self.model, self.meta = load_bundle(self.bundle_dir, self.device)
+        self.model_name: str = self.meta["model"]
+        self.phases: list[str] = list(self.meta["phases"])
+        self.class_names: list[str] = list(self.meta["class_names"])
+        ref = self.meta.get("reference_phase")
+        self.reference_phase = ref if ref in self.phases else self._middle(self.phases)
+        self.config = bundle_config(self.meta, self.bundle_dir)
+        if self.config.n_channels != self.model.in_channels:
+            raise BundleError(
+                f"preprocessing gives {self.config.n_channels} channel(s) per phase but the model "
+                f"takes {self.model.in_channels}",
+                self.bundle_dir / "bundle.json",
+            )
+        self.segments = bool(getattr(self.model, "segments", False))
+        self.accepts_phase_mask = "phase_mask" in inspect.signature(self.model.forward).parameters
+        self.cv = cv_metrics(self.bundle_dir, self.meta)
+        self.identity = bundle_identity(self.bundle_dir, self.meta)
+        self._cam: PhaseGradCAM | None = None
+
+    @staticmethod
+    def _middle(names: list[str]) -> str:
+        return "PV" if "PV" in names else names[len(names) // 2]
+
+    def predict_path(self, path: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
+        """Predict a DICOM folder, a dataset case or a whole dataset (see `inference.run`)."""
+        from liverphase.inference.run import predict_path
+
+        return predict_path(self, path, out, **options)
+
+    # ------------------------------------------------------------------ the pipeline
+    def predict_study(
+        self,
+        study: Study,
+        out_dir: str | Path,
+        mask: str | Path | sitk.Image | None = None,
+        bbox: tuple[float, ...] | list[float] | None = None,
+        bbox_units: str = "mm",
+        keep_phi: bool = False,
+        cam: bool = True,
+        occlusion: bool = True,
+        report: bool = True,
+        read_seconds: float = 0.0,
+    ) -> dict[str, Any]:
+        """Predict one study and write OUT (see the module docstring); return prediction.json's dict."""
+        start = time.perf_counter()
+        out = Path(out_dir)
+        timings = {"read": round(read_seconds, 4), "register": 0.0, "preprocess": 0.0}
+        warnings: list[str] = []
+        present, ref = self._check_phases(study, warnings)
+        reference = study.phases[ref]
+        canon = {p: lesion.snap(study.phases[p]) for p in dict.fromkeys([*present, ref])}
+
+        tick = time.perf_counter()
+        user_mask, box, source = self._locate(study, reference, mask, bbox, bbox_units, warnings)
+        if box is None:  # a segmenting model finds the lesion itself
+            box = self._coarse_box(study, canon, present, ref, timings)
+        timings["preprocess"] += time.perf_counter() - tick
+        pre = self._preprocess(study.case_id, canon, present, ref, box, timings)
+        warnings += pre.meta["warnings"] + self._registration_warnings(pre)
+
+        tick = time.perf_counter()
+        x, kwargs = self._input(pre, present)
+        with torch.no_grad():
+            output = self.model(x, **kwargs)
+        probs = output.logits.float().softmax(dim=1)[0].cpu().numpy()
+        pred = int(np.argmax(probs))
+        seg_prob = _lesion_probability(output.seg_logits)
+        timings["model"] = time.perf_counter() - tick
+
+        files: dict[str, Path] = {}
+        pred_mask = None
+        if seg_prob is not None:
+            prob_ref = sitk.GetArrayFromImage(map_to_reference(seg_prob, pre.meta, reference))
+            pred_mask = image_on_grid(
+                lesion.largest_component(prob_ref > 0.5).astype(np.uint8), reference
+            )
+            if not sitk.GetArrayViewFromImage(pred_mask).any():
+                warnings.append("the model segmented no lesion voxel in the crop")
+            files["lesion_mask"] = write_label_map(pred_mask, out / "lesion_mask.nii.gz")
+
+        importance = None
+        if occlusion:
+            tick = time.perf_counter()
+            flags = [p in present for p in self.phases]
+            importance = phase_importance(self.model, x, self.phases, pred, flags, kwargs)
+            timings["occlusion"] = time.perf_counter() - tick
+
+        cam_result: CamResult | None = None
+        if cam:
+            tick = time.perf_counter()
+            cam_result = self._cam_engine()(x, pred, kwargs)
+            for i, p in enumerate(self.phases):
+                if p in present:
+                    img = map_to_reference(cam_result.maps[i], pre.meta, reference)
+                    files[f"cam_{p}"] = write_unit_map(img, out / f"cam_{p}.nii.gz")
+            empty = [self.phases[i] for i in cam_result.empty if self.phases[i] in present]
+            if empty:
+                warnings.append(f"Grad-CAM is empty (flat) for phase(s) {empty}")
+            timings["cam"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        cams = None
+        if cam_result is not None:
+            cams = {p: cam_result.maps[i] for i, p in enumerate(self.phases) if p in present}
+        ctx = analysis.report_context(
+            canon, present, ref, pre.meta, self.config, user_mask, seg_prob, cams, warnings
+        )
+        ctx.cam_shared = bool(cam_result and cam_result.shared)
+        box = pre.meta["lesion_box_mm"]
+        lesion_info = lesion.lesion_info(
+            user_mask, pred_mask, (box["lo"], box["hi"], pre.meta["crop"]["direction"]), source
+        )
+        timings["kinetics"] = time.perf_counter() - tick
+
+        phi = study.metadata.get("phi") if isinstance(study.metadata.get("phi"), dict) else {}
+        prediction: dict[str, Any] = {
+            "case_id": study.case_id,
+            "label": self.class_names[pred],
+            "probabilities": {
+                c: round(float(v), 6) for c, v in zip(self.class_names, probs, strict=True)
+            },
+            "model": self.model_name,
+            "phases": self.phases,
+            "phases_present": present,
+            "reference_phase": ref,
+            "lesion": lesion_info,
+            "kinetics": ctx.kinetics,
+            "patterns": ctx.patterns,
+            "phase_importance": importance,
+            "cam": cam_result.info(self.phases) if cam_result else None,
+            "model_performance": self.cv,
+            "warnings": list(dict.fromkeys(warnings)),
+            "source": self._source(study),
+            "registration": pre.meta["registration"],
+            "crop": {
+                "roi_source": source,
+                "scale_mm": pre.meta["scale_mm"],
+                "box_mm": pre.meta["crop"],
+            },
+            "liverphase_version": liverphase.__version__,
+            "bundle": self.identity,
+            "research_use_only": "For research use only. Not for clinical use.",
+        }
+        if keep_phi:
+            prediction["patient"] = {
+                "name": phi.get("PatientName"),
+                "birth_date": phi.get("PatientBirthDate"),
+                "patient_id": study.patient_id,
+            }
+        if pred_mask is not None and study.metadata.get("source") == "dicom":
+            from liverphase.inference.dicom_seg import write_dicom_seg
+
+            files["dicom_seg"] = write_dicom_seg(
+                pred_mask, study, ref, out / "lesion_seg.dcm", self.model_name, keep_phi=keep_phi
+            )
+        strings = [] if keep_phi else phi_strings(phi)
+        if report:
+            tick = time.perf_counter()
+            from liverphase.inference.report_html import write_report
+
+            timings["report"] = 0.0
+            prediction["timings"] = _rounded(timings)
+            shown = scrub(prediction, strings)
+            files["report"] = write_report(out / "report.html", shown, ctx, self.phases)
+            timings["report"] = time.perf_counter() - tick
+        timings["total"] = time.perf_counter() - start + read_seconds
+        prediction["timings"] = _rounded(timings)
+        prediction["files"] = {k: v.name for k, v in files.items()}
+        files["prediction"] = write_json(out / "prediction.json", prediction, strings)
+        leaks = find_phi(list(files.values()), strings)
+        if leaks:  # a bug, not a user error: never report success with PHI written
+            raise RuntimeError(f"PHI found in outputs: {sorted({str(p) for p, _ in leaks})}")
+        return prediction
+
+    # ------------------------------------------------------------------ steps
+    def _check_phases(self, study: Study, warnings: list[str]) -> tuple[list[str], str]:
+        present = [p for p in self.phases if p in study.phases]
+        missing = [p for p in self.phases if p not in study.phases]
+        where = _study_path(study)
+        if missing and (not self.accepts_phase_mask or not present):
+            raise DatasetError(
+                f"study {study.case_id!r} lacks phase(s) {missing} that model {self.model_name!r} "
+                f"needs (bundle phases {self.phases}, study has {study.phase_names})",
+                where,
+            )
+        if missing:
+            warnings.append(
+                f"missing phase(s) {missing}: {self.model_name} predicts without them (phase mask)"
+            )
+        unused = [p for p in study.phases if p not in self.phases]
+        if unused:
+            warnings.append(f"phase(s) {unused} of the study are not used by this model")
+        ref = (
+            self.reference_phase if self.reference_phase in study.phases else self._middle(present)
+        )
+        if ref != self.reference_phase:
+            warnings.append(f"reference phase {self.reference_phase} missing: {ref} used instead")
+        return present, ref
+
+    def _locate(
+        self,
+        study: Study,
+        reference: sitk.Image,
+        mask: str | Path | sitk.Image | None,
+        bbox: Any,
+        units: str,
+        warnings: list[str],
+    ) -> tuple[sitk.Image | None, lesion.Box6 | None, str]:
+        """(lesion mask on the reference grid or None, voxel box in the canonical copy, source)."""
+        user_mask, source = None, ""
+        if mask is not None:
+            user_mask, source = (
+                read_image(mask) if not isinstance(mask, sitk.Image) else mask,
+                "mask",
+            )
+        elif bbox is not None:
+            box = lesion.bbox_to_index(reference, bbox, units)
+            if all(box[i + 3] - box[i] <= 1 for i in range(3)):
+                warnings.append(
+                    "lesion given as a point: the crop is the bundle's margin around it"
+                )
+            return None, lesion.canonical_box(lesion.box_mask(reference, box)), f"bbox ({units})"
+        elif study.mask is not None:
+            user_mask, source = study.mask, "mask (dataset label)"
+        elif study.bbox is not None:
+            box_img = lesion.box_mask(reference, study.bbox)
+            return None, lesion.canonical_box(box_img), "bbox (cases.csv)"
+        elif self.segments or self.config.roi_source == "image":
+            return None, None, "model (coarse pass over the whole scan)"
+        else:
+            raise LiverphaseError(
+                f"no lesion location for study {study.case_id!r}: give a mask or a bbox "
+                f"(model {self.model_name!r} does not segment)",
+                _study_path(study),
+            )
+        user_mask, note = lesion.conform_mask(user_mask, reference)
+        if note:
+            warnings.append(note)
+        box = lesion.canonical_box(user_mask)
+        if box is None:
+            raise LiverphaseError(
+                "the lesion mask is empty (no voxel > 0)", _study_path(study, mask)
+            )
+        return user_mask, box, source
+
+    def _preprocess(
+        self,
+        case_id: str,
+        canon: dict[str, sitk.Image],
+        present: list[str],
+        ref: str,
+        box: lesion.Box6 | None,
+        timings: dict[str, float],
+    ) -> PreprocessedStudy:
+        """Run the bundle's preprocessing on the canonical copy with the crop from `box`."""
+        if box is None or self.config.roi_source == "image":
+            config = self.config.replace(roi_source="image", phases=tuple(present))
+            box = None
+        else:
+            if self.config.roi_source == "mask_jitter":
+                box = lesion.enlarge_box(box, float(np.mean(self.config.jitter_scale)))
+            config = self.config.replace(roi_source="bbox", phases=tuple(present))
+        study = Study(case_id, {p: canon[p] for p in canon}, bbox=box, reference_phase=ref)
+        pre = preprocess_study(study, config)
+        t = pre.meta["timings"]
+        timings["register"] += float(t.get("register", 0.0))
+        timings["preprocess"] += float(t.get("total", 0.0)) - float(t.get("register", 0.0))
+        return pre
+
+    def _coarse_box(
+        self,
+        study: Study,
+        canon: dict[str, sitk.Image],
+        present: list[str],
+        ref: str,
+        timings: dict[str, float],
+    ) -> lesion.Box6:
+        """The box of the largest lesion the model segments in a whole-scan pass."""
+        pre = self._preprocess(study.case_id, canon, present, ref, None, timings)
+        x, kwargs = self._input(pre, present)
+        with torch.no_grad():
+            prob = _lesion_probability(self.model(x, **kwargs).seg_logits)
+        if prob is None:
+            raise LiverphaseError(
+                f"model {self.model_name!r} gave no segmentation", self.bundle_dir
+            )
+        found = sitk.GetArrayFromImage(map_to_reference(prob, pre.meta, canon[ref])) > 0.5
+        box = lesion.index_box(lesion.largest_component(found))
+        if box is None:
+            raise LiverphaseError(
+                "the model found no lesion in the whole-scan pass: give a mask or a bbox",
+                _study_path(study),
+            )
+        return box
+
+    def _input(
+        self, pre: PreprocessedStudy, present: list[str]
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """(1, P, C, D, H, W) in the bundle's phase order; absent phases zero and masked out."""
+        image = torch.from_numpy(pre.image)
+        x = torch.zeros((1, len(self.phases), *image.shape[1:]), dtype=torch.float32)
+        for i, p in enumerate(self.phases):
+            if p in present:
+                x[0, i] = image[present.index(p)]
+        kwargs: dict[str, Any] = {}
+        if len(present) < len(self.phases):
+            kwargs["phase_mask"] = torch.tensor([[p in present for p in self.phases]])
+        return x.to(self.device), kwargs
+
+    def _cam_engine(self) -> PhaseGradCAM:
+        if self._cam is None:
+            self._cam = PhaseGradCAM(self.model, self.model_name)
+        return self._cam
+
+    def _registration_warnings(self, pre: PreprocessedStudy) -> list[str]:
+        out = []
+        for p, r in pre.meta["registration"].items():
+            ncc = r.get("ncc_after")
+            if r.get("accepted") and ncc is not None and ncc < POOR_NCC:
+                out.append(f"{p}: poor registration (NCC {ncc:.2f} < {POOR_NCC} after alignment)")
+        return out
+
+    def _source(self, study: Study) -> dict[str, Any]:
+        meta = study.metadata
+        if meta.get("source") == "dicom":
+            return {
+                "kind": "dicom",
+                "study_instance_uid": meta.get("study_instance_uid"),
+                "series_instance_uids": meta.get("series_instance_uids"),
+            }
+        if meta.get("dataset"):
+            return {"kind": "nifti", "dataset": meta["dataset"]}
+        return {"kind": "in-memory"}
+
+
+def _lesion_probability(seg_logits: torch.Tensor | None) -> np.ndarray | None:
+    """The lesion probability (D, H, W) of the first sample: softmax channel 1, or sigmoid."""
+    if seg_logits is None:
+        return None
+    s = seg_logits.float()
+    prob = s.softmax(dim=1)[0, 1:].sum(dim=0) if s.shape[1] > 1 else s.sigmoid()[0, 0]
+    return prob.cpu().numpy()
+
+
+def _study_path(study: Study, fallback: Any = None) -> str | None:
+    meta = study.metadata
+    if fallback is not None and not isinstance(fallback, sitk.Image):
+        return str(fallback)
+    return meta.get("dicom_folder") or meta.get("dataset") or None
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 3) for k, v in timings.items()}
