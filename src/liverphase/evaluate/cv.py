@@ -166,16 +166,17 @@ def run_cv(
     ds = open_dataset(dataset)
     out = Path(out)
     exp = make_experiment(ds, seed=seed, **exp_kwargs)
-    items = cached_items(
-        ds, Path(cache_root) if cache_root else out / "cache", exp.preprocess, workers, progress
-    )
     ids = [c.case_id for c in ds.cases]
+    # Folds first: a fold count the data cannot support fails before any preprocessing.
     fold_list = patient_folds(
         ids,
-        [items[c]["patient_id"] for c in ids],
-        [items[c]["label"] for c in ids],
+        [ds.case(c).patient_id for c in ids],
+        [ds.case(c).label for c in ids],
         k=folds,
         seed=seed,
+    )
+    items = cached_items(
+        ds, Path(cache_root) if cache_root else out / "cache", exp.preprocess, workers, progress
     )
     write_splits(out / "splits.json", fold_list)
     case_fold, probs_by_case, seg_rows = {}, {}, []

@@ -113,7 +113,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 # The model input grid (D, H, W) each profile is meant for; the preprocessing config owns it.
-PROFILE_INPUT: dict[str, tuple[int, int, int]] = {"paper": (64, 128, 128), "cpu": (32, 64, 64)}
+PROFILE_INPUT: dict[str, tuple[int, int, int]] = {"paper": (64, 128, 128), "cpu": (16, 64, 64)}
 
 
 def profile_config(name: str, **overrides: Any) -> TrainConfig:

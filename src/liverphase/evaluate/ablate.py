@@ -1,0 +1,226 @@
+"""`liverphase ablate`: the four-phase CT paper's experiments as tables, all on the same patient-level folds.
+
+Tables (each row a full cross-validation; identical variants are trained once and reused):
+1. miff_spm against resnet3d18, densenet3d121, stic, early_fusion and the kinetics baseline;
+2. Backbone, +SPM, +MIFF, +SPM+MIFF, +MTL (miff_spm's switches);
+3. λ ∈ {0, 0.25, 0.5, 0.75};
+4. 1 raw channel vs 3 CT windows;
+5. four phases vs NC+ART+PV vs NC+ART+DL.
+Every row has AUC, accuracy and F1 with patient-bootstrap CIs and DeLong's p against the full model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from liverphase.atomic import atomic_write_json, atomic_write_text
+from liverphase.data.splits import splits_from_json
+from liverphase.evaluate.cv import run_cv
+from liverphase.evaluate.kinetics_baseline import kinetics_baseline_cv
+from liverphase.evaluate.report import COMPARISON_COLUMNS, comparison_table, markdown_table
+from liverphase.io.nifti import open_dataset
+from liverphase.models.blocks import count_parameters
+from liverphase.models.registry import create_model
+
+KINETICS = "kinetics (logistic regression)"
+
+
+def _variant(model: str, **options: Any) -> dict[str, Any]:
+    extra = {k: options.pop(k) for k in ("phases", "in_channels") if k in options}
+    return {"model": model, "model_options": options, **extra}
+
+
+def full_model() -> dict[str, Any]:
+    """The reference of every table: miff_spm with MIFF, SPM and the multi-task loss (λ = 0.5)."""
+    return _variant("miff_spm", miff=True, spm=True, mtl_lambda=0.5)
+
+
+def experiment_tables(phases: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Table title → row label → variant (model, model_options, phases, in_channels)."""
+    full = full_model()
+    tables: dict[str, dict[str, dict[str, Any]]] = {
+        "1. MIFF+SPM vs other networks and the kinetics baseline": {
+            "miff_spm": full,
+            "resnet3d18": _variant("resnet3d18"),
+            "densenet3d121": _variant("densenet3d121"),
+            "stic": _variant("stic"),
+            "early_fusion": _variant("early_fusion"),
+            KINETICS: {"model": "kinetics"},
+        },
+        "2. Components": {
+            "Backbone": _variant("miff_spm", miff=False, spm=False, mtl_lambda=1.0),
+            "+SPM": _variant("miff_spm", miff=False, spm=True, mtl_lambda=0.0),
+            "+MIFF": _variant("miff_spm", miff=True, spm=False, mtl_lambda=1.0),
+            "+SPM+MIFF": _variant("miff_spm", miff=True, spm=True, mtl_lambda=0.0),
+            "+SPM+MIFF+MTL (full)": full,
+        },
+        "3. Multi-task weight λ": {
+            f"λ = {lam}": _variant("miff_spm", miff=True, spm=True, mtl_lambda=lam)
+            for lam in (0.0, 0.25, 0.5, 0.75)
+        },
+        "4. Input channels": {
+            "1 raw channel": _variant(
+                "miff_spm", miff=True, spm=True, mtl_lambda=0.5, in_channels=1
+            ),
+            "3 CT windows": full,
+        },
+    }
+    subsets = {"four phases": phases}
+    for name, subset in (("NC+ART+PV", ["NC", "ART", "PV"]), ("NC+ART+DL", ["NC", "ART", "DL"])):
+        if all(p in phases for p in subset) and len(phases) > 3:
+            subsets[name] = subset
+    tables["5. Phases"] = {
+        name: {**full, "phases": subset} if subset != phases else full
+        for name, subset in subsets.items()
+    }
+    return tables
+
+
+def _key(variant: dict[str, Any]) -> str:
+    return json.dumps(
+        {k: variant.get(k) for k in ("model", "model_options", "phases", "in_channels")},
+        sort_keys=True,
+    )
+
+
+def _oof_probs(run: Path) -> tuple[list[str], np.ndarray]:
+    with open(run / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cols = [c for c in rows[0] if c.startswith("prob_")]
+    return [r["case_id"] for r in rows], np.array([[float(r[c]) for c in cols] for r in rows])
+
+
+def _step_seconds(run: Path) -> float | None:
+    """Median seconds per training step over the folds' epochs (from log.csv and the batch size)."""
+    values = []
+    for log in run.glob("fold_*/log.csv"):
+        with open(log, newline="") as fh:
+            for r in csv.DictReader(fh):
+                sps = float(r.get("samples_per_s") or "nan")
+                if np.isfinite(sps) and sps > 0:
+                    values.append(1.0 / sps)
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    batch = info.get("training", {}).get("batch_size", 1)
+    return float(np.median(values) * batch) if values else None
+
+
+def run_ablate(
+    dataset: str | Path,
+    out: str | Path,
+    folds: int = 5,
+    profile: str = "cpu",
+    seed: int = 0,
+    epochs: int | None = None,
+    tables: list[int] | None = None,
+    workers: int = 1,
+    n_boot: int = 1000,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every variant of the chosen tables once (same folds, same seed) and write RUN/report.md."""
+    start = time.perf_counter()
+    out = Path(out)
+    ds = open_dataset(dataset)
+    all_tables = experiment_tables(ds.phases)
+    chosen = {
+        t: v
+        for i, (t, v) in enumerate(all_tables.items(), start=1)
+        if tables is None or i in tables
+    }
+    runs: dict[str, Path] = {}
+    full_key = _key(full_model())
+    for variants in [{"full": full_model()}, *chosen.values()]:
+        for variant in variants.values():
+            if variant["model"] == "kinetics" or _key(variant) in runs:
+                continue
+            run_dir = out / "runs" / f"{len(runs):02d}_{variant['model']}"
+            runs[_key(variant)] = run_dir
+            log(f"cv {run_dir.name}: {variant}")
+            if not (run_dir / "predictions.csv").is_file():
+                kwargs = {"profile": profile, **variant}
+                if epochs is not None:
+                    kwargs["epochs"] = epochs
+                run_cv(
+                    dataset,
+                    run_dir,
+                    kwargs,
+                    folds=folds,
+                    seed=seed,
+                    cache_root=out / "cache",
+                    workers=workers,
+                    n_boot=n_boot,
+                    progress=False,
+                )
+    ref_dir = runs[full_key]
+    case_ids, ref_probs = _oof_probs(ref_dir)
+    items = _items_of(ref_dir, ds)
+    y = np.array([ds.class_names.index(items[c]["label"]) for c in case_ids])
+    groups = [items[c]["patient_id"] for c in case_ids]
+    sections, results = [], {}
+    for title, variants in chosen.items():
+        models: dict[str, np.ndarray] = {}
+        extra: dict[str, dict[str, Any]] = {}
+        for label, variant in variants.items():
+            if variant["model"] == "kinetics":
+                fold_list = splits_from_json(ref_dir / "splits.json")
+                probs = kinetics_baseline_cv(items, fold_list, ds.class_names, seed)
+                models[label] = np.stack([probs[c] for c in case_ids])
+                extra[label] = {"params": 0, "step_s": None}
+                continue
+            run_dir = runs[_key(variant)]
+            ids, probs = _oof_probs(run_dir)
+            order = {c: i for i, c in enumerate(ids)}
+            models[label] = probs[[order[c] for c in case_ids]]
+            net = create_model(
+                variant["model"],
+                len(ds.class_names),
+                variant.get("phases") or ds.phases,
+                in_channels=variant.get("in_channels", 3),
+                **variant["model_options"],
+            )
+            extra[label] = {
+                "params": count_parameters(net),
+                "step_s": _step_seconds(run_dir),
+                "run": str(run_dir),
+            }
+        reference = next(k for k, v in variants.items() if _key(v) == full_key)
+        rows = comparison_table(
+            models, y, groups, reference, ds.class_names, n_boot=n_boot, seed=seed
+        )
+        for row in rows:
+            row.update(extra[row["model"]])
+        columns = [*COMPARISON_COLUMNS, ("params", "Params", ","), ("step_s", "Step s", ".2f")]
+        sections.append(
+            f"## {title}\n\nReference for DeLong: {reference}.\n\n" + markdown_table(rows, columns)
+        )
+        results[title] = rows
+    header = (
+        f"# Ablation: the four-phase CT paper's experiments\n\nDataset {ds.root} ({len(case_ids)} cases, "
+        f"{len(set(groups))} patients). Every row is a {folds}-fold patient-level cross-validation on the same "
+        f"folds (seed {seed}), profile `{profile}`"
+        + (f", {epochs} epochs" if epochs else "")
+        + ". "
+        "AUC/accuracy/F1 with 95% CIs by bootstrap over patients; DeLong p against the full model.\n"
+    )
+    seconds = round(time.perf_counter() - start, 1)
+    atomic_write_text(
+        out / "report.md", header + "\n" + "\n\n".join(sections) + f"\n\nWall time: {seconds} s.\n"
+    )
+    atomic_write_json(out / "ablation.json", {"tables": results, "seconds": seconds})
+    return {"tables": results, "seconds": seconds, "report": str(out / "report.md")}
+
+
+def _items_of(run: Path, ds: Any) -> dict[str, dict[str, Any]]:
+    """Cached items (for the kinetics features) of a finished cv run, from its run.json config."""
+    from liverphase.evaluate.cv import cached_items
+    from liverphase.preprocess.config import PreprocessConfig
+
+    info = json.loads((run / "run.json").read_text())
+    pre = PreprocessConfig.from_dict(info["preprocessing"])
+    return cached_items(ds, run.parent.parent / "cache", pre, workers=1, progress=False)

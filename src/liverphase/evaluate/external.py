@@ -1,0 +1,105 @@
+"""`liverphase evaluate RUN --data DATASET`: trained bundle(s) on another dataset, with CIs and ROC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from liverphase.data.dataset import CachedStudyDataset
+from liverphase.errors import BundleError, DatasetError
+from liverphase.evaluate.cv import cached_items
+from liverphase.evaluate.predictions import Predictions
+from liverphase.evaluate.report import write_cv_report
+from liverphase.io.nifti import open_dataset
+from liverphase.preprocess.config import PreprocessConfig
+from liverphase.train.bundle import load_bundle
+
+
+def run_bundles(run: str | Path) -> list[Path]:
+    """The bundles of a RUN folder: RUN/bundle (train), else every RUN/fold_k/bundle (cv ensemble)."""
+    run = Path(run)
+    if (run / "bundle.json").is_file():
+        return [run]
+    if (run / "bundle" / "bundle.json").is_file():
+        return [run / "bundle"]
+    folds = sorted(run.glob("fold_*/bundle"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not folds:
+        raise BundleError("no bundle found (expected RUN/bundle or RUN/fold_k/bundle)", run)
+    return folds
+
+
+@torch.no_grad()
+def predict_items(
+    model: torch.nn.Module, items: list[dict[str, Any]], class_names: list[str], batch_size: int = 2
+) -> np.ndarray:
+    """Class probabilities (N, K) of cached items, in order."""
+    index = {c: i for i, c in enumerate(class_names)}
+    labelled = [
+        {**it, "label": it["label"] if it["label"] in index else class_names[0]} for it in items
+    ]
+    loader = DataLoader(
+        CachedStudyDataset(labelled, index, None, seed=0), batch_size=batch_size, shuffle=False
+    )
+    device = next(model.parameters()).device
+    out = [
+        torch.softmax(model(batch["image"].to(device)).logits.float(), dim=1).cpu()
+        for batch in loader
+    ]
+    return torch.cat(out).numpy()
+
+
+def evaluate_run(
+    run: str | Path,
+    dataset: str | Path,
+    out: str | Path | None = None,
+    workers: int = 1,
+    n_boot: int = 1000,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate RUN's bundle (or the mean of its fold bundles) on DATASET; writes a report folder."""
+    bundles = run_bundles(run)
+    ds = open_dataset(dataset)
+    out = Path(out) if out else Path(run) / f"evaluate_{ds.root.name}"
+    probs_sum, meta0 = None, None
+    for path in bundles:
+        model, meta = load_bundle(path)
+        meta0 = meta0 or meta
+        missing = [p for p in meta["phases"] if p not in ds.phases]
+        if missing:
+            raise DatasetError(
+                f"the bundle needs phases {missing} the dataset lacks", ds.root / "dataset.json"
+            )
+        unknown = sorted({c.label for c in ds.cases} - set(meta["class_names"]))
+        if unknown:
+            raise DatasetError(
+                f"labels {unknown} are not classes of the bundle {meta['class_names']}",
+                ds.root / "cases.csv",
+            )
+        pre = PreprocessConfig.from_dict(
+            meta.get("preprocessing") or {}, source=str(path / "bundle.json")
+        )
+        items = cached_items(ds, out / "cache", pre, workers, progress)
+        ids = [c.case_id for c in ds.cases]
+        probs = predict_items(model, [items[c] for c in ids], list(meta["class_names"]))
+        probs_sum = probs if probs_sum is None else probs_sum + probs
+    assert meta0 is not None and probs_sum is not None
+    class_names = list(meta0["class_names"])
+    preds = Predictions(
+        case_ids=ids,
+        patient_ids=[items[c]["patient_id"] for c in ids],
+        folds=[0] * len(ids),
+        labels=np.array([class_names.index(items[c]["label"]) for c in ids]),
+        probs=probs_sum / len(bundles),
+        class_names=class_names,
+    )
+    title = f"{meta0['model']} on {ds.root.name}" + (
+        f" (mean of {len(bundles)} fold bundles)" if len(bundles) > 1 else ""
+    )
+    metrics = write_cv_report(
+        out, preds, title=title, dataset=str(ds.root), model=meta0["model"], seed=0, n_boot=n_boot
+    )
+    return {"metrics": metrics, "out": str(out), "bundles": [str(b) for b in bundles]}

@@ -1,0 +1,150 @@
+"""The CLI end to end on a tiny synthetic cohort: synth → inspect → cv → evaluate → predict → ablate."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from liverphase.cli import app
+
+RUNNER = CliRunner()
+
+
+def _ok(args: list[str]) -> str:
+    result = RUNNER.invoke(app, args)
+    assert result.exit_code == 0, f"{args}: {result.output}\n{result.exception!r}"
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli") / "ds"
+    _ok(["synth", str(root), "--cases", "12", "--seed", "3", "--preset", "tiny", "--dicom", "1"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "small.yaml"
+    path.write_text(
+        "train:\n  batch_size: 4\npreprocess:\n  size: [8, 32, 32]\n  register: false\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def cv_run(cohort: Path, small_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("run") / "cv"
+    out = _ok(
+        [
+            "cv",
+            str(cohort),
+            "--model",
+            "resnet2d_avg",
+            "--folds",
+            "2",
+            "--epochs",
+            "1",
+            "--out",
+            str(run),
+            "--config",
+            str(small_config),
+        ]
+    )
+    assert "pooled AUC" in out
+    return run
+
+
+def test_inspect_synthetic_cohort_is_clean(cohort: Path) -> None:
+    out = _ok(["inspect", str(cohort), "--json"])
+    info = json.loads(out)
+    assert info["n_cases"] == 12 and info["problems"] == []
+
+
+def test_cv_run_folder_contract(cv_run: Path, cohort: Path) -> None:
+    metrics = json.loads((cv_run / "metrics.json").read_text())
+    for key in ("auc", "auc_ci", "acc", "f1", "npv", "sensitivity", "specificity"):
+        assert key in metrics["pooled"], key
+    assert len(metrics["folds"]) == 2
+    splits = json.loads((cv_run / "splits.json").read_text())
+    with open(cohort / "cases.csv", newline="") as fh:
+        patient = {r["case_id"]: r["patient_id"] for r in csv.DictReader(fh)}
+    tests = [c for s in splits.values() for c in s["test"]]
+    assert sorted(tests) == sorted(patient)
+    for s in splits.values():
+        assert not {patient[c] for c in s["train"]} & {patient[c] for c in s["test"]}
+    with open(cv_run / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 12 and {
+        "case_id",
+        "patient_id",
+        "fold",
+        "label",
+        "prob_HCC",
+        "prob_ICC",
+    } <= set(rows[0])
+    for row in rows:  # each case predicted by the fold that held it out
+        assert row["case_id"] in splits[row["fold"]]["test"]
+        assert abs(float(row["prob_HCC"]) + float(row["prob_ICC"]) - 1) < 1e-5
+    for k in (0, 1):
+        meta = json.loads((cv_run / f"fold_{k}" / "bundle" / "bundle.json").read_text())
+        assert meta["model"] == "resnet2d_avg" and meta["preprocessing"]["size"] == [8, 32, 32]
+        assert set(meta["split"]["test"]) == set(splits[str(k)]["test"])
+        assert not set(meta["split"]["train"]) & set(meta["split"]["test"])
+    assert (cv_run / "roc.png").stat().st_size > 1000 and "AUC" in (
+        cv_run / "report.md"
+    ).read_text()
+
+
+def test_evaluate_on_a_dataset(cv_run: Path, cohort: Path, tmp_path: Path) -> None:
+    out = _ok(["evaluate", str(cv_run), "--data", str(cohort), "--out", str(tmp_path / "ev")])
+    assert "AUC" in out
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["pooled"]["n_cases"] == 12
+
+
+def test_predict_held_out_dicom_study(cv_run: Path, cohort: Path, tmp_path: Path) -> None:
+    study = sorted(p for p in (cohort / "dicom").iterdir() if p.is_dir())[0]
+    splits = json.loads((cv_run / "splits.json").read_text())
+    fold = next(k for k, s in splits.items() if study.name in s["test"])
+    out = _ok(
+        [
+            "predict",
+            str(study),
+            "--bundle",
+            str(cv_run / f"fold_{fold}" / "bundle"),
+            "--out",
+            str(tmp_path / "p"),
+            "--mask",
+            str(cohort / "dicom" / f"{study.name}_mask.nii.gz"),
+        ]
+    )
+    assert "report:" in out
+    pred = json.loads((tmp_path / "p" / "prediction.json").read_text())
+    assert set(pred["probabilities"]) == {"HCC", "ICC"} and pred["lesion"]["volume_ml"] > 0
+
+
+def test_user_errors_exit_2_with_one_line(cohort: Path, tmp_path: Path) -> None:
+    cases = [
+        ["cv", str(tmp_path / "missing"), "--out", str(tmp_path / "r")],
+        ["cv", str(cohort), "--model", "no_such_model", "--out", str(tmp_path / "r")],
+        ["cv", str(cohort), "--folds", "9", "--out", str(tmp_path / "r"), "--epochs", "1"],
+        [
+            "predict",
+            str(cohort),
+            "--bundle",
+            str(tmp_path / "nobundle"),
+            "--out",
+            str(tmp_path / "p"),
+        ],
+        ["ablate", str(cohort), "--out", str(tmp_path / "a"), "--tables", "7"],
+    ]
+    for args in cases:
+        result = RUNNER.invoke(app, args)
+        assert result.exit_code == 2, f"{args}: {result.output}"
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), result.output
