@@ -148,3 +148,57 @@ def test_user_errors_exit_2_with_one_line(cohort: Path, tmp_path: Path) -> None:
         assert result.exit_code == 2, f"{args}: {result.output}"
         lines = [ln for ln in result.output.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+
+
+def test_compare_runs_on_same_folds_with_delong_and_kinetics(
+    cv_run: Path, cohort: Path, small_config: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "ef"
+    _ok(
+        [
+            "cv",
+            str(cohort),
+            "--model",
+            "early_fusion",
+            "--folds",
+            "2",
+            "--epochs",
+            "1",
+            "--out",
+            str(other),
+            "--config",
+            str(small_config),
+            "--cache",
+            str(cv_run / "cache"),
+        ]
+    )
+    out = _ok(
+        ["compare", str(cv_run), str(other), "--data", str(cohort), "--out", str(tmp_path / "cmp")]
+    )
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    by_model = {r["model"]: r for r in rows}
+    assert set(by_model) == {"resnet2d_avg", "early_fusion", "kinetics (logistic regression)"}
+    assert by_model["resnet2d_avg"]["delong_p"] is None
+    assert 0.0 <= by_model["early_fusion"]["delong_p"] <= 1.0
+    assert by_model["early_fusion"]["params"] > 0 and by_model["early_fusion"]["step_s"] > 0
+    assert len(by_model["kinetics (logistic regression)"]["auc_ci"]) == 2
+    assert "DeLong p" in out
+
+
+def test_ablate_tables_cover_the_papers_experiments() -> None:
+    from liverphase.evaluate.ablate import experiment_tables, full_model
+
+    tables = experiment_tables(["NC", "ART", "PV", "DL"])
+    assert len(tables) == 5
+    full = full_model()
+    for rows in tables.values():  # every table holds the reference model for DeLong
+        assert full in rows.values()
+    components = list(tables["2. Components"].values())
+    assert components[0]["model_options"] == {"miff": False, "spm": False, "mtl_lambda": 1.0}
+    lambdas = [v["model_options"]["mtl_lambda"] for v in tables["3. Multi-task weight λ"].values()]
+    assert lambdas == [0.0, 0.25, 0.5, 0.75]
+    assert [v.get("phases") for v in tables["5. Phases"].values()][1:] == [
+        ["NC", "ART", "PV"],
+        ["NC", "ART", "DL"],
+    ]
+    assert tables["4. Input channels"]["1 raw channel"]["in_channels"] == 1

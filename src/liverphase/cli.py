@@ -477,6 +477,41 @@ def ablate(
     typer.echo(f"report: {result['report']} ({result['seconds']:.0f} s)")
 
 
+@app.command()
+@user_errors
+def compare(
+    runs: list[Path] = typer.Argument(
+        ...,
+        help="Finished cv RUN folders on the same dataset and folds; the first is the reference.",
+    ),
+    data: Path = typer.Option(..., "--data", help="The dataset the runs were trained on."),
+    out: Path = typer.Option(..., "--out", help="Folder for comparison.md and comparison.json."),
+    kinetics: bool = typer.Option(
+        True, help="Add the kinetics logistic-regression baseline on the same folds."
+    ),
+) -> None:
+    """Compare cv runs: AUC, accuracy, F1 with patient-bootstrap CIs and DeLong p against the first run."""
+    from liverphase.errors import ConfigError
+    from liverphase.evaluate.compare import compare_runs, run_info, write_comparison
+
+    labels: dict[str, Path] = {}
+    for run in runs:
+        label = run_info(run).get("model", run.name)
+        label = label if label not in labels else f"{label} ({run.name})"
+        labels[label] = run
+    if len(labels) < 1:
+        raise ConfigError("give at least one run", "RUNS")
+    reference = next(iter(labels))
+    rows = compare_runs(labels, data, reference, kinetics=kinetics)
+    path = write_comparison(
+        rows,
+        out,
+        f"Comparison against {reference}",
+        f"Dataset {data}; same patient-level folds for every row.",
+    )
+    typer.echo(path.read_text())
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="liverphase")

@@ -38,14 +38,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from liverphase.models.blocks import count_parameters
 from liverphase.models.registry import create_model
 from liverphase.phases import CT_PHASES
+from liverphase.preprocess.config import DEFAULT_WINDOWS
+from liverphase.train.config import PROFILE_INPUT
 
 REFERENCE_MODEL = "resnet3d18"
-PAPER_INPUT: tuple[int, ...] = (4, 3, 64, 128, 128)
+PAPER_INPUT: tuple[int, ...] = (len(CT_PHASES), len(DEFAULT_WINDOWS), *PROFILE_INPUT["paper"])
 """The four-phase CT paper's input: phases, window channels, slices, height, width."""
-CPU_INPUT: tuple[int, ...] = (4, 3, 32, 96, 96)
-"""Proposed CPU-profile input: a 2D ResNet18 training step of batch 2 takes about 3 s here."""
-QUICK_INPUT: tuple[int, ...] = (4, 3, 8, 32, 32)
-"""A tiny input for `--quick` runs and tests."""
+CPU_INPUT: tuple[int, ...] = (len(CT_PHASES), len(DEFAULT_WINDOWS), *PROFILE_INPUT["cpu"])
+"""The CPU training profile's input (the grid `train --profile cpu` preprocesses to)."""
+QUICK_INPUT: tuple[int, ...] = (4, 3, 16, 32, 32)
+"""A tiny input for `--quick` runs and tests (16 slices: std_net and unet_channels need D % 16 == 0)."""
 MEMORY_OPTIONS: dict[str, dict[str, Any]] = {
     name: {"checkpointing": True, "slice_chunk": 16}
     for name in ("miff_spm", "resnet2d_avg", "stic")
@@ -133,11 +135,11 @@ def profile_one(
     with FlopCounterMode(display=False) as train_counter:  # the first warm-up step
         train_step()
     peak = _peak_rss_mb()
-    train_s = _timed(train_step, max(warmup - 1, 0), repeats)
+    train_s = timed(train_step, max(warmup - 1, 0), repeats)
     model.eval()
     with FlopCounterMode(display=False) as fwd_counter:
         forward()
-    fwd_s = _timed(forward, max(warmup - 1, 0), repeats)
+    fwd_s = timed(forward, max(warmup - 1, 0), repeats)
     train_gflops = train_counter.get_total_flops() / 1e9
     return {
         "model": name,
@@ -157,7 +159,8 @@ def profile_one(
     }
 
 
-def _timed(fn: Callable[[], None], warmup: int, repeats: int) -> dict[str, float]:
+def timed(fn: Callable[[], object], warmup: int, repeats: int) -> dict[str, float]:
+    """Run `fn` `warmup` times untimed, then `repeats` times timed: the spread of the wall times."""
     for _ in range(warmup):
         fn()
     times = []
@@ -165,6 +168,11 @@ def _timed(fn: Callable[[], None], warmup: int, repeats: int) -> dict[str, float
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    return spread(times)
+
+
+def spread(times: Sequence[float]) -> dict[str, float]:
+    """{"s": median, "min_s", "max_s"} of some seconds."""
     return {"s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
@@ -205,12 +213,16 @@ def _add_ratios(block: list[dict[str, Any]]) -> None:
             row[f"{key}_ratio"] = row[f"{key}_s"] / ref[f"{key}_s"] if ok else None
 
 
-def format_models_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The rows as a markdown table (one line per model and input)."""
+def format_models_table(
+    rows: Sequence[Mapping[str, Any]], ceiling_gflops: float | None = None
+) -> str:
+    """The rows as a markdown table (one line per model and input); with `ceiling_gflops`, a
+    column gives the training step's throughput as a share of that matmul ceiling."""
+    share = " % of ceiling |" if ceiling_gflops else ""
     head = (
         "| model | input (P×C×D×H×W) | stem stride | params (M) | fwd GFLOPs | fwd s (min–max) "
-        "| fwd+bwd s (min–max) | fwd × resnet3d18 | fwd+bwd × resnet3d18 | GFLOP/s (train) "
-        "| peak mem (MB) | options |"
+        "| fwd+bwd s (min–max) | fwd × resnet3d18 | fwd+bwd × resnet3d18 | GFLOP/s (train) |"
+        f"{share} peak mem (MB) | options |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
@@ -218,12 +230,13 @@ def format_models_table(rows: Sequence[Mapping[str, Any]]) -> str:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['input']} {shape} | " + f"error: {r['error']} |")
             continue
+        pct = f" {100 * r['train_gflops_s'] / ceiling_gflops:.0f} |" if ceiling_gflops else ""
         lines.append(
             f"| {r['model']} | {r['input']} {shape} | {r['stem_stride']} "
             f"| {r['params'] / 1e6:.2f} | {r['fwd_gflops']:.1f} "
             f"| {_span(r, 'fwd')} | {_span(r, 'train')} "
             f"| {_num(r['fwd_ratio'], '.2f')} | {_num(r['train_ratio'], '.2f')} "
-            f"| {r['train_gflops_s']:.0f} | {_num(r['peak_mem_mb'], '.0f')} "
+            f"| {r['train_gflops_s']:.0f} |{pct} {_num(r['peak_mem_mb'], '.0f')} "
             f"| {_options(r['options'])} |"
         )
     return "\n".join(lines) + "\n"

@@ -11,25 +11,17 @@ Every row has AUC, accuracy and F1 with patient-bootstrap CIs and DeLong's p aga
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from liverphase.atomic import atomic_write_json, atomic_write_text
-from liverphase.data.splits import splits_from_json
+from liverphase.evaluate.compare import COLUMNS, KINETICS, compare_runs, oof_probs
 from liverphase.evaluate.cv import run_cv
-from liverphase.evaluate.kinetics_baseline import kinetics_baseline_cv
-from liverphase.evaluate.report import COMPARISON_COLUMNS, comparison_table, markdown_table
+from liverphase.evaluate.report import markdown_table
 from liverphase.io.nifti import open_dataset
-from liverphase.models.blocks import count_parameters
-from liverphase.models.registry import create_model
-
-KINETICS = "kinetics (logistic regression)"
 
 
 def _variant(model: str, **options: Any) -> dict[str, Any]:
@@ -90,27 +82,6 @@ def _key(variant: dict[str, Any]) -> str:
     )
 
 
-def _oof_probs(run: Path) -> tuple[list[str], np.ndarray]:
-    with open(run / "predictions.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    cols = [c for c in rows[0] if c.startswith("prob_")]
-    return [r["case_id"] for r in rows], np.array([[float(r[c]) for c in cols] for r in rows])
-
-
-def _step_seconds(run: Path) -> float | None:
-    """Median seconds per training step over the folds' epochs (from log.csv and the batch size)."""
-    values = []
-    for log in run.glob("fold_*/log.csv"):
-        with open(log, newline="") as fh:
-            for r in csv.DictReader(fh):
-                sps = float(r.get("samples_per_s") or "nan")
-                if np.isfinite(sps) and sps > 0:
-                    values.append(1.0 / sps)
-    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
-    batch = info.get("training", {}).get("batch_size", 1)
-    return float(np.median(values) * batch) if values else None
-
-
 def run_ablate(
     dataset: str | Path,
     out: str | Path,
@@ -157,52 +128,27 @@ def run_ablate(
                     n_boot=n_boot,
                     progress=False,
                 )
-    ref_dir = runs[full_key]
-    case_ids, ref_probs = _oof_probs(ref_dir)
-    items = _items_of(ref_dir, ds)
-    y = np.array([ds.class_names.index(items[c]["label"]) for c in case_ids])
-    groups = [items[c]["patient_id"] for c in case_ids]
     sections, results = [], {}
+    n_cases = len(oof_probs(runs[full_key])[0])
     for title, variants in chosen.items():
-        models: dict[str, np.ndarray] = {}
-        extra: dict[str, dict[str, Any]] = {}
-        for label, variant in variants.items():
-            if variant["model"] == "kinetics":
-                fold_list = splits_from_json(ref_dir / "splits.json")
-                probs = kinetics_baseline_cv(items, fold_list, ds.class_names, seed)
-                models[label] = np.stack([probs[c] for c in case_ids])
-                extra[label] = {"params": 0, "step_s": None}
-                continue
-            run_dir = runs[_key(variant)]
-            ids, probs = _oof_probs(run_dir)
-            order = {c: i for i, c in enumerate(ids)}
-            models[label] = probs[[order[c] for c in case_ids]]
-            net = create_model(
-                variant["model"],
-                len(ds.class_names),
-                variant.get("phases") or ds.phases,
-                in_channels=variant.get("in_channels", 3),
-                **variant["model_options"],
-            )
-            extra[label] = {
-                "params": count_parameters(net),
-                "step_s": _step_seconds(run_dir),
-                "run": str(run_dir),
-            }
         reference = next(k for k, v in variants.items() if _key(v) == full_key)
-        rows = comparison_table(
-            models, y, groups, reference, ds.class_names, n_boot=n_boot, seed=seed
+        table_runs = {k: runs[_key(v)] for k, v in variants.items() if v["model"] != "kinetics"}
+        rows = compare_runs(
+            table_runs,
+            dataset,
+            reference,
+            kinetics=KINETICS in variants,
+            cache_root=out / "cache",
+            n_boot=n_boot,
+            seed=seed,
         )
-        for row in rows:
-            row.update(extra[row["model"]])
-        columns = [*COMPARISON_COLUMNS, ("params", "Params", ","), ("step_s", "Step s", ".2f")]
         sections.append(
-            f"## {title}\n\nReference for DeLong: {reference}.\n\n" + markdown_table(rows, columns)
+            f"## {title}\n\nReference for DeLong: {reference}.\n\n" + markdown_table(rows, COLUMNS)
         )
         results[title] = rows
     header = (
-        f"# Ablation: the four-phase CT paper's experiments\n\nDataset {ds.root} ({len(case_ids)} cases, "
-        f"{len(set(groups))} patients). Every row is a {folds}-fold patient-level cross-validation on the same "
+        f"# Ablation: the four-phase CT paper's experiments\n\nDataset {ds.root} ({n_cases} cases, "
+        f"{len({c.patient_id for c in ds.cases})} patients). Every row is a {folds}-fold patient-level cross-validation on the same "
         f"folds (seed {seed}), profile `{profile}`"
         + (f", {epochs} epochs" if epochs else "")
         + ". "
@@ -214,13 +160,3 @@ def run_ablate(
     )
     atomic_write_json(out / "ablation.json", {"tables": results, "seconds": seconds})
     return {"tables": results, "seconds": seconds, "report": str(out / "report.md")}
-
-
-def _items_of(run: Path, ds: Any) -> dict[str, dict[str, Any]]:
-    """Cached items (for the kinetics features) of a finished cv run, from its run.json config."""
-    from liverphase.evaluate.cv import cached_items
-    from liverphase.preprocess.config import PreprocessConfig
-
-    info = json.loads((run / "run.json").read_text())
-    pre = PreprocessConfig.from_dict(info["preprocessing"])
-    return cached_items(ds, run.parent.parent / "cache", pre, workers=1, progress=False)

@@ -32,15 +32,8 @@ BBOX_UNITS = ("mm", "voxel")
 
 
 def snap(image: sitk.Image) -> sitk.Image:
-    """Canonical (LPS) copy of an image with its geometry rounded (see the module docstring)."""
-    out = sitk.Image(to_canonical(image))
-    out.SetOrigin(tuple(round(float(v), 3) for v in out.GetOrigin()))
-    out.SetSpacing(tuple(round(float(v), 5) for v in out.GetSpacing()))
-    d = np.asarray(out.GetDirection(), float)
-    r = np.round(d)
-    if np.abs(d - r).max() < 1e-5:
-        out.SetDirection(tuple(float(v) + 0.0 for v in r))
-    return out
+    """Canonical (LPS) copy of an image with its geometry rounded (preprocess.geometry.to_canonical)."""
+    return to_canonical(image)
 
 
 def bbox_to_index(reference: sitk.Image, values: Sequence[float], units: str = "mm") -> Box6:

@@ -285,6 +285,18 @@ def check_series(series: DicomSeries, problems: Problems) -> bool:
     return len(problems.items) == bad
 
 
+def _rescale(planes: list[np.ndarray], slopes: list[float], intercepts: list[float]) -> np.ndarray:
+    """Stack slices applying each one's rescale: int16 when exact and in range, else float32."""
+    inter = np.array(intercepts)[:, None, None]
+    if all(v == 1 for v in slopes) and all(float(v).is_integer() for v in intercepts):
+        stack = np.stack(planes).astype(np.int32) + inter.astype(np.int32)
+        if stack.min() >= -32768 and stack.max() <= 32767:
+            return stack.astype(np.int16)
+        return stack.astype(np.float32)
+    slope = np.array(slopes, dtype=np.float32)[:, None, None]
+    return np.stack(planes).astype(np.float32) * slope + inter.astype(np.float32)
+
+
 def load_volume(series: DicomSeries) -> sitk.Image:
     """Pixel data of a checked series as one image, rescale applied (int16 when exact)."""
     planes, slopes, intercepts = [], [], []
@@ -303,13 +315,7 @@ def load_volume(series: DicomSeries) -> sitk.Image:
         planes.append(arr)
         slopes.append(float(ds.get("RescaleSlope", 1) or 1))
         intercepts.append(float(ds.get("RescaleIntercept", 0) or 0))
-    stack = np.stack(planes).astype(np.float64)
-    stack = stack * np.array(slopes)[:, None, None] + np.array(intercepts)[:, None, None]
-    exact = all(v == 1 for v in slopes) and all(float(v).is_integer() for v in intercepts)
-    if exact and stack.min() >= -32768 and stack.max() <= 32767:
-        image = sitk.GetImageFromArray(stack.astype(np.int16))
-    else:
-        image = sitk.GetImageFromArray(stack.astype(np.float32))
+    image = sitk.GetImageFromArray(_rescale(planes, slopes, intercepts))
     first = series.first
     row_sp, col_sp = (float(v) for v in first.ds.PixelSpacing)
     d = [float(s.position @ series.normal) for s in series.slices]

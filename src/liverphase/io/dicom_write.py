@@ -9,6 +9,7 @@ UIDs derive from the study UID and series description, so a seed gives the same 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +22,6 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
-    generate_uid,
 )
 
 _SOP_CLASS = {"CT": CTImageStorage, "MR": MRImageStorage}
@@ -49,8 +49,13 @@ def dicom_time(seconds: float) -> str:
 
 
 def uid_from(*parts: object) -> str:
-    """A deterministic UID (2.25 form) from some text parts."""
-    return generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts])
+    """A deterministic UID (2.25 form: the decimal of a SHA-256-derived 128-bit number) from text parts.
+
+    pydicom's generate_uid(prefix=None) ignores entropy_srcs and returns a random UUID, so the
+    2.25 form is built here directly: same parts, same UID, on every run.
+    """
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return "2.25." + str(int.from_bytes(digest[:16], "big"))
 
 
 def write_dicom_series(

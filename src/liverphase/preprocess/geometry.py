@@ -40,9 +40,19 @@ def to_canonical(image: sitk.Image, orientation: str = CANONICAL_ORIENTATION) ->
     """The image with its axes permuted/flipped to `orientation`: no interpolation, same physics.
 
     Two storages of one physical image (e.g. NIfTI written with flipped axes) give the same array.
-    Oblique images get the closest axis order; their direction stays oblique.
+    Oblique images get the closest axis order; their direction stays oblique. The geometry is rounded
+    (origin to 1 µm, spacing to 1e-5 mm, axis-aligned directions to exact ±1/0): NIfTI stores it in
+    float32 and DICOM in decimal text, and registration would otherwise amplify that ~1e-6 mm noise
+    into different inputs for the same study read from the two formats.
     """
-    return sitk.DICOMOrient(image, orientation)
+    out = sitk.Image(sitk.DICOMOrient(image, orientation))
+    out.SetOrigin(tuple(round(float(v), 3) for v in out.GetOrigin()))
+    out.SetSpacing(tuple(round(float(v), 5) for v in out.GetSpacing()))
+    d = np.asarray(out.GetDirection(), float)
+    r = np.round(d)
+    if np.abs(d - r).max() < 1e-5:
+        out.SetDirection(tuple(float(v) + 0.0 for v in r))
+    return out
 
 
 def resample_to_spacing(

@@ -1,0 +1,128 @@
+"""Compare finished cv runs on the same cases and folds: AUC with CIs and DeLong p against a reference."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from liverphase.atomic import atomic_write_json, atomic_write_text
+from liverphase.data.splits import splits_from_json
+from liverphase.errors import DatasetError
+from liverphase.evaluate.cv import cached_items
+from liverphase.evaluate.kinetics_baseline import kinetics_baseline_cv
+from liverphase.evaluate.report import COMPARISON_COLUMNS, comparison_table, markdown_table
+from liverphase.io.nifti import NnUNetDataset, open_dataset
+from liverphase.models.blocks import count_parameters
+from liverphase.models.registry import create_model
+from liverphase.preprocess.config import PreprocessConfig
+
+KINETICS = "kinetics (logistic regression)"
+COLUMNS = [*COMPARISON_COLUMNS, ("params", "Params", ","), ("step_s", "Step s", ".2f")]
+
+
+def oof_probs(run: Path) -> tuple[list[str], np.ndarray]:
+    """Case ids and out-of-fold probabilities of a cv RUN (predictions.csv)."""
+    path = Path(run) / "predictions.csv"
+    if not path.is_file():
+        raise DatasetError("no predictions.csv: not a finished cv run", run)
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cols = [c for c in rows[0] if c.startswith("prob_")]
+    return [r["case_id"] for r in rows], np.array([[float(r[c]) for c in cols] for r in rows])
+
+
+def step_seconds(run: Path) -> float | None:
+    """Median seconds per training step over the folds' epochs (log.csv samples/s and batch size)."""
+    values = []
+    for log in Path(run).glob("fold_*/log.csv"):
+        with open(log, newline="") as fh:
+            for r in csv.DictReader(fh):
+                sps = float(r.get("samples_per_s") or "nan")
+                if np.isfinite(sps) and sps > 0:
+                    values.append(1.0 / sps)
+    info = run_info(run)
+    batch = info.get("training", {}).get("batch_size", 1)
+    return float(np.median(values) * batch) if values else None
+
+
+def run_info(run: Path) -> dict[str, Any]:
+    """The run.json of a cv RUN (model, options, training and preprocessing configs)."""
+    path = Path(run) / "run.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_parameters(run: Path, ds: NnUNetDataset) -> int | None:
+    """Trainable parameters of the model a RUN trained (rebuilt from its run.json)."""
+    info = run_info(run)
+    if not info:
+        return None
+    phases = info.get("preprocessing", {}).get("phases") or ds.phases
+    net = create_model(
+        info["model"], len(ds.class_names), list(phases), **info.get("model_options", {})
+    )
+    return count_parameters(net)
+
+
+def run_items(run: Path, ds: NnUNetDataset, cache_root: Path) -> dict[str, dict[str, Any]]:
+    """Cached items of a RUN's preprocessing (a no-op when the cache holds them)."""
+    pre = PreprocessConfig.from_dict(run_info(run)["preprocessing"])
+    return cached_items(ds, cache_root, pre, workers=1, progress=False)
+
+
+def compare_runs(
+    runs: dict[str, Path],
+    dataset: str | Path,
+    reference: str,
+    kinetics: bool = True,
+    cache_root: Path | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Rows (metrics with CIs, DeLong p vs `reference`, params, step time) for runs on the same folds."""
+    ds = open_dataset(dataset)
+    ref_run = runs[reference]
+    case_ids, _ = oof_probs(ref_run)
+    ref_splits = json.loads((ref_run / "splits.json").read_text())
+    models: dict[str, np.ndarray] = {}
+    extra: dict[str, dict[str, Any]] = {}
+    for label, run in runs.items():
+        if json.loads((run / "splits.json").read_text()) != ref_splits:
+            raise DatasetError(
+                f"run {label!r} used other folds than {reference!r}", run / "splits.json"
+            )
+        ids, probs = oof_probs(run)
+        order = {c: i for i, c in enumerate(ids)}
+        missing = [c for c in case_ids if c not in order]
+        if missing:
+            raise DatasetError(f"run {label!r} lacks predictions for {missing[:3]}", run)
+        models[label] = probs[[order[c] for c in case_ids]]
+        extra[label] = {
+            "params": run_parameters(run, ds),
+            "step_s": step_seconds(run),
+            "run": str(run),
+        }
+    items = run_items(ref_run, ds, cache_root or ref_run / "cache")
+    if kinetics:
+        probs = kinetics_baseline_cv(items, splits_from_json(ref_splits), ds.class_names, seed)
+        models[KINETICS] = np.stack([probs[c] for c in case_ids])
+        extra[KINETICS] = {"params": None, "step_s": None, "run": None}
+    y = np.array([ds.class_names.index(items[c]["label"]) for c in case_ids])
+    groups = [items[c]["patient_id"] for c in case_ids]
+    rows = comparison_table(models, y, groups, reference, ds.class_names, n_boot=n_boot, seed=seed)
+    for row in rows:
+        row.update(extra[row["model"]])
+    return rows
+
+
+def write_comparison(rows: Sequence[dict[str, Any]], out: Path, title: str, note: str = "") -> Path:
+    """comparison.md (table) and comparison.json in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "comparison.json", list(rows))
+    text = f"# {title}\n\n{note}\n\n" + markdown_table(list(rows), COLUMNS)
+    atomic_write_text(out / "comparison.md", text)
+    return out / "comparison.md"
