@@ -512,6 +512,19 @@ def compare(
     typer.echo(path.read_text())
 
 
+@app.command()
+@user_errors
+def bench(
+    quick: bool = typer.Option(False, help="Tiny inputs; finishes in about a minute."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for bench.json and bench.md."),
+) -> None:
+    """Speed, memory and accuracy side by side in one run: writes OUT/bench.json and OUT/bench.md."""
+    from liverphase.bench.run import run_bench
+
+    run_bench(out, quick=quick, log=typer.echo)
+    typer.echo(f"wrote {out / 'bench.md'}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="liverphase")

@@ -2,8 +2,9 @@
 
 The ceiling is one square matrix product `a @ b` of size n (2·n³ FLOPs) timed on the threads torch
 uses, so a model's achieved GFLOP/s read as a share of it says how much of the arithmetic the
-hardware offers the model's kernels reach. On a GPU the product runs in float32 and, when the
-device supports them, bfloat16 and float16 (tensor cores); CUDA work is timed with a synchronise.
+hardware offers the model's kernels reach. On a GPU the product (twice the size, or a GPU idles)
+runs in float32 and, when the device supports them, bfloat16 and float16 (tensor cores); CUDA work
+is timed with a synchronise.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,13 +116,15 @@ def wait_fraction(
     }
 
 
-
-def run_dataload(
-    dataset: str | Path, cache: str | Path, config: PreprocessConfig, quick: bool
-) -> dict[str, Any]:
+def run_dataload(pipeline: Mapping[str, Any], quick: bool) -> dict[str, Any]:
     """The data-loading section of bench.json, over the studies the pipeline section cached."""
-    ds = open_dataset(dataset)
-    items = list(cached_items(ds, Path(cache), config, workers=1, progress=False).values())
+    if "error" in pipeline or "cache" not in pipeline:
+        raise RuntimeError("needs the studies the pipeline section preprocesses")
+    config = PreprocessConfig.from_dict(pipeline["preprocessing"])
+    ds = open_dataset(pipeline["dataset"])
+    items = list(
+        cached_items(ds, Path(pipeline["cache"]), config, workers=1, progress=False).values()
+    )
     workers = (0,) if quick else (0, 1)
     runs = {
         f"workers_{w}": wait_fraction(items, ds.class_names, steps=2 if quick else 3, num_workers=w)

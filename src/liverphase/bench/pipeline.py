@@ -4,7 +4,7 @@ preprocessing throughput with 1 and 2 workers.
 The studies are synthetic 4-phase CTs on the grid of a routine liver protocol (512×512×80 voxels of
 0.7×0.7×2.5 mm, `REALISTIC_GRID`); a `--quick` run uses the `tiny` preset instead. Prediction uses a
 miff_spm bundle with random weights at the CPU profile's grid (the figures are about time, not
-answers), Grad-CAM on and phase occlusion off, and locates the lesion from the dataset's mask.
+answers; a quick run uses the models' quick grid), Grad-CAM on and phase occlusion off, and locates the lesion from the dataset's mask.
 `end_to_end` is reading the NIfTI case plus everything `predict_study` does (register, crop and
 resample, model, CAM, kinetics, report); `predict` is the part after preprocessing.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from liverphase.bench.models import spread
+from liverphase.bench.models import QUICK_INPUT, spread
 from liverphase.inference.predictor import Predictor
 from liverphase.inference.run import read_dicom
 from liverphase.io.nifti import open_dataset
@@ -29,7 +29,7 @@ from liverphase.phases import CT_PHASES
 from liverphase.preprocess.cache import preprocess_dataset
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.synth.ct import synth_ct_cohort
-from liverphase.train.bundle import save_bundle
+from liverphase.train.bundle import read_bundle_meta, save_bundle
 from liverphase.train.config import PROFILE_INPUT
 
 REALISTIC_GRID: dict[str, tuple] = {"grid_size": (512, 512, 80), "grid_spacing_mm": (0.7, 0.7, 2.5)}
@@ -51,7 +51,9 @@ def make_bundle(folder: Path, size: Sequence[int] | None = None, seed: int = 0) 
     """A miff_spm bundle with random (seeded) weights preprocessing to `size` (the CPU grid)."""
     torch.manual_seed(seed)
     config = PreprocessConfig(size=tuple(size or PROFILE_INPUT["cpu"]), phases=tuple(CT_PHASES))
-    net = create_model(BENCH_MODEL, len(CLASS_NAMES), list(CT_PHASES), in_channels=config.n_channels)
+    net = create_model(
+        BENCH_MODEL, len(CLASS_NAMES), list(CT_PHASES), in_channels=config.n_channels
+    )
     meta = {
         "model": BENCH_MODEL,
         "model_options": {},
@@ -90,7 +92,6 @@ def time_predict(
     dicom = dataset / "dicom" / case_id
     if dicom.is_dir():
         timings["read_dicom"] = _timed_read(lambda: read_dicom(dicom), warmup, repeats)
-    study = ds.load_study(case_id)
     return {
         "case_id": case_id,
         "grid_size": list(study.phases["PV"].GetSize()),
@@ -148,15 +149,15 @@ def run_pipeline(
     work: Path, quick: bool, repeats: int = 3, log: Callable[[str], object] = print
 ) -> dict[str, Any]:
     """The pipeline section of bench.json; leaves the preprocessed cache in `work/cache`."""
-    cases = 3 if quick else 4
+    cases = 2 if quick else 4
     log(f"pipeline: synthesising {cases} {'tiny' if quick else '512×512×80'} 4-phase studies")
     tick = time.perf_counter()
     dataset = make_cohort(work / "cohort", cases, quick)
     synth_s = time.perf_counter() - tick
-    bundle = make_bundle(work / "bundle")
+    bundle = make_bundle(work / "bundle", QUICK_INPUT[2:] if quick else PROFILE_INPUT["cpu"])
     log("pipeline: predict (read, register, preprocess, model, Grad-CAM, report)")
     result = time_predict(bundle, dataset, work, repeats=repeats)
-    config = PreprocessConfig.from_dict(Predictor(bundle).meta["preprocessing"])
+    config = PreprocessConfig.from_dict(read_bundle_meta(bundle)["preprocessing"])
     # warm-up: imports and page cache for the whole preprocessing path, on one study
     preprocess_dataset(
         dataset, work / "cache_warmup", config, progress=False, cases=[result["case_id"]]
@@ -176,5 +177,6 @@ def run_pipeline(
         bundle={"model": BENCH_MODEL, "size": list(config.size), "random_weights": True},
         dataset=str(dataset),
         cache=str(work / "cache"),
+        preprocessing=config.to_dict(),
     )
     return result
