@@ -489,6 +489,9 @@ def compare(
     kinetics: bool = typer.Option(
         True, help="Add the kinetics logistic-regression baseline on the same folds."
     ),
+    cache: Path | None = typer.Option(
+        None, help="The runs' preprocessing cache (default FIRST_RUN/cache)."
+    ),
 ) -> None:
     """Compare cv runs: AUC, accuracy, F1 with patient-bootstrap CIs and DeLong p against the first run."""
     from liverphase.errors import ConfigError
@@ -502,7 +505,7 @@ def compare(
     if len(labels) < 1:
         raise ConfigError("give at least one run", "RUNS")
     reference = next(iter(labels))
-    rows = compare_runs(labels, data, reference, kinetics=kinetics)
+    rows = compare_runs(labels, data, reference, kinetics=kinetics, cache_root=cache)
     path = write_comparison(
         rows,
         out,
