@@ -265,7 +265,7 @@ def test_batch_must_split_over_processes_and_profiles(monkeypatch):
         "adamw",
         "cosine",
         3,
-        1e-3,
+        3e-4,
         1e-4,
     )
     assert PROFILE_INPUT["paper"] == (64, 128, 128)
