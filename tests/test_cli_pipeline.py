@@ -202,3 +202,29 @@ def test_ablate_tables_cover_the_papers_experiments() -> None:
         ["NC", "ART", "DL"],
     ]
     assert tables["4. Input channels"]["1 raw channel"]["in_channels"] == 1
+
+
+def test_train_writes_a_bundle_over_all_cases(
+    cohort: Path, small_config: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "train"
+    out = _ok(
+        [
+            "train",
+            str(cohort),
+            "--model",
+            "early_fusion",
+            "--epochs",
+            "1",
+            "--out",
+            str(run),
+            "--config",
+            str(small_config),
+        ]
+    )
+    assert "bundle:" in out
+    meta = json.loads((run / "bundle" / "bundle.json").read_text())
+    split = meta["split"]
+    assert split["test"] == [] and len(split["train"]) + len(split["validation"]) == 12
+    assert meta["training"]["epochs"] == 1 and meta["preprocessing"]["size"] == [8, 32, 32]
+    assert (run / "bundle" / "model.safetensors").stat().st_size > 1000
