@@ -169,6 +169,13 @@ _PROFILE = typer.Option(
 )
 _CONFIG = typer.Option(None, help="YAML with sections train, preprocess, model_options.")
 _PHASES = typer.Option(None, help="Comma-separated subset of the dataset's phases, e.g. NC,ART,PV.")
+_EPOCHS = typer.Option(None, help="Override the profile's epochs.")
+_BATCH_SIZE = typer.Option(None, help="Override the profile's batch size.")
+_LR = typer.Option(None, help="Override the profile's learning rate.")
+_IN_CHANNELS = typer.Option(3, help="3 CT windows or 1 raw channel.")
+_WORKERS = typer.Option(1, min=1, help="Preprocessing worker processes.")
+_CACHE = typer.Option(None, help="Cache folder (default RUN/cache).")
+_NO_REGISTER = typer.Option(False, "--no-register", help="Skip inter-phase registration.")
 _OPTION = typer.Option(
     [], "--option", "-o", help="Model option key=value (repeatable), e.g. miff=false."
 )
@@ -214,18 +221,18 @@ def train(
     out: Path = typer.Option(..., "--out", help="RUN folder (RUN/bundle is written)."),
     model: str = _MODEL,
     profile: str = _PROFILE,
-    epochs: int | None = typer.Option(None),
-    batch_size: int | None = typer.Option(None),
-    lr: float | None = typer.Option(None),
+    epochs: int | None = _EPOCHS,
+    batch_size: int | None = _BATCH_SIZE,
+    lr: float | None = _LR,
     seed: int = typer.Option(0),
     config: Path | None = _CONFIG,
     phases: str | None = _PHASES,
-    in_channels: int = typer.Option(3, help="3 CT windows or 1 raw channel."),
+    in_channels: int = _IN_CHANNELS,
     option: list[str] = _OPTION,
-    workers: int = typer.Option(1, min=1, help="Preprocessing worker processes."),
-    cache: Path | None = typer.Option(None, help="Cache folder (default RUN/cache)."),
+    workers: int = _WORKERS,
+    cache: Path | None = _CACHE,
     resume: bool = typer.Option(False, help="Continue a killed run from its last checkpoint."),
-    no_register: bool = typer.Option(False, "--no-register"),
+    no_register: bool = _NO_REGISTER,
 ) -> None:
     """Train one model on a whole dataset (an inner validation split selects the epoch)."""
     from liverphase.evaluate.cv import run_train
@@ -247,18 +254,18 @@ def cv(
     model: str = _MODEL,
     folds: int = typer.Option(5, min=2),
     profile: str = _PROFILE,
-    epochs: int | None = typer.Option(None),
-    batch_size: int | None = typer.Option(None),
-    lr: float | None = typer.Option(None),
+    epochs: int | None = _EPOCHS,
+    batch_size: int | None = _BATCH_SIZE,
+    lr: float | None = _LR,
     seed: int = typer.Option(0),
     config: Path | None = _CONFIG,
     phases: str | None = _PHASES,
-    in_channels: int = typer.Option(3, help="3 CT windows or 1 raw channel."),
+    in_channels: int = _IN_CHANNELS,
     option: list[str] = _OPTION,
-    workers: int = typer.Option(1, min=1, help="Preprocessing worker processes."),
-    cache: Path | None = typer.Option(None, help="Cache folder (default RUN/cache)."),
+    workers: int = _WORKERS,
+    cache: Path | None = _CACHE,
     resume: bool = typer.Option(False, help="Continue killed folds from their last checkpoint."),
-    no_register: bool = typer.Option(False, "--no-register"),
+    no_register: bool = _NO_REGISTER,
 ) -> None:
     """k-fold patient-level cross-validation: metrics with CIs, ROC, report and a bundle per fold."""
     from liverphase.evaluate.cv import run_cv
@@ -449,7 +456,7 @@ def ablate(
         None, help="Comma-separated subset of tables 1-5 (default all)."
     ),
     seed: int = typer.Option(0),
-    workers: int = typer.Option(1, min=1, help="Preprocessing worker processes."),
+    workers: int = _WORKERS,
 ) -> None:
     """The four-phase CT paper's experiments (networks, components, λ, channels, phases) in one command."""
     from liverphase.errors import ConfigError

@@ -267,4 +267,4 @@ def run_train(
     )
     ids = [c.case_id for c in ds.cases]
     trainer = _fit_fold(exp, ds, items, ids, out, {"fold": None, "test": []}, resume, progress)
-    return {"bundle": str(out / "bundle"), "history": getattr(trainer, "history", None)}
+    return {"bundle": str(trainer.bundle_dir)}
