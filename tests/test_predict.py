@@ -250,3 +250,33 @@ def test_outputs_of_study_in_memory(work, predictor):
     study = Study("mem", dict(base.phases), mask=base.mask, reference_phase="PV")
     out = predictor.predict_study(study, work / "out_mem", cam=False, occlusion=False, report=False)
     assert out["source"] == {"kind": "in-memory"} and out["case_id"] == "mem"
+
+
+def test_bundle_recipe_flips_are_averaged_at_predict(work, predictor, nifti_run):
+    """A bundle trained with test-time flips predicts their average; without, the plain model."""
+    import torch
+
+    from liverphase.train.bundle import read_bundle_meta, save_bundle
+
+    assert predictor.tta_flip_axes == ()  # the fixture bundle has no training recipe
+    meta = read_bundle_meta(work / "bundle")
+    meta["training"] = {"tta_flip_axes": [1, 2]}
+    tta = Predictor(save_bundle(work / "bundle_tta", predictor.model, meta))
+    assert tta.tta_flip_axes == (1, 2)
+    seen: list[torch.Tensor] = []
+    hook = tta.model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    study = open_dataset(work / "ds").load_study("CT0000")
+    out = tta.predict_study(study, work / "out_tta", cam=False, occlusion=False, report=False)
+    hook.remove()
+    assert len(seen) == 4  # the input and its H, W and H+W mirrors
+    x = seen[0]
+    for view, dims in zip(seen[1:], ([4], [5], [4, 5]), strict=True):
+        torch.testing.assert_close(view, x.flip(dims))
+    with torch.no_grad():
+        by_hand = torch.stack([tta.model(v).logits.softmax(1)[0] for v in seen]).mean(0)
+    assert out["probabilities"]["ICC"] == pytest.approx(float(by_hand[1]), abs=1e-5)
+    # the plain bundle scored the unflipped input only: a different number for a random net
+    with torch.no_grad():
+        plain = float(tta.model(x).logits.softmax(1)[0, 1])
+    assert nifti_run["probabilities"]["ICC"] == pytest.approx(plain, abs=1e-4)
+    assert abs(plain - float(by_hand[1])) > 1e-5

@@ -59,7 +59,9 @@ def test_flipped_copy_gives_same_cached_tensor(built: tuple[Path, dict]) -> None
     assert float(np.abs(a.image - b.image).max()) < 1e-4
     np.testing.assert_array_equal(a.mask, b.mask)
     assert a.meta["registration"]["ART"]["accepted"] and a.meta["inputs"][0] == "c0_0000.nii.gz"
-    assert a.meta["config"] == CFG.to_dict() and a.meta["key"] == a.key
+    # the stored config names the phases and channels the defaults stood for
+    assert a.meta["config"] == CFG.resolved(("NC", "ART", "PV", "DL")).to_dict()
+    assert a.meta["config"]["phases"] == ["NC", "ART", "PV", "DL"] and a.meta["key"] == a.key
 
 
 def test_second_run_is_a_no_op(built: tuple[Path, dict], dataset: Path, monkeypatch) -> None:
@@ -77,6 +79,10 @@ def test_second_run_is_a_no_op(built: tuple[Path, dict], dataset: Path, monkeypa
     index = json.loads((root / "index.json").read_text())
     assert index == stats["keys"]
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []
+    # spelling the defaults out (as `cv` does) is the same config: the same entries are reused
+    explicit = CFG.replace(phases=("NC", "ART", "PV", "DL"), channels=3)
+    spelled = preprocess_dataset(dataset, root, explicit, progress=False)
+    assert spelled["built"] == 0 and spelled["keys"] == stats["keys"]
 
 
 def test_changes_trigger_rebuilds(dataset: Path, tmp_path: Path) -> None:

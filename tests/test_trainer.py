@@ -106,8 +106,11 @@ def test_learns_an_easy_signal_and_writes_the_run(toy, tmp_path):
     val = toy[1]
     probs = trainer.predict(val)
     x = torch.stack([torch.from_numpy(np.load(it["image"])) for it in val])
+    # the trainer's test predictions average the recipe's in-plane flips (cpu profile: H and W)
+    assert tuple(meta["training"]["tta_flip_axes"]) == (1, 2)
     with torch.no_grad():
-        expected = torch.softmax(model(x).logits, 1).numpy()
+        views = [x, x.flip(4), x.flip(5), x.flip([4, 5])]
+        expected = torch.stack([torch.softmax(model(v).logits, 1) for v in views]).mean(0).numpy()
     np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)
     assert probs.shape == (8, 2)
     np.testing.assert_array_equal(trainer.predict(val[::-1]), probs[::-1])

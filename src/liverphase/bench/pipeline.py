@@ -30,7 +30,7 @@ from liverphase.preprocess.cache import preprocess_dataset
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.synth.ct import synth_ct_cohort
 from liverphase.train.bundle import read_bundle_meta, save_bundle
-from liverphase.train.config import PROFILE_INPUT
+from liverphase.train.config import PROFILE_INPUT, profile_config
 
 REALISTIC_GRID: dict[str, tuple] = {"grid_size": (512, 512, 80), "grid_spacing_mm": (0.7, 0.7, 2.5)}
 """Synth overrides forcing every phase onto a routine liver CT grid (x, y, z)."""
@@ -58,6 +58,8 @@ def make_bundle(folder: Path, size: Sequence[int] | None = None, seed: int = 0) 
         "model": BENCH_MODEL,
         "model_options": {},
         "class_names": CLASS_NAMES,
+        # a trained cpu-profile bundle's recipe, so predict averages the same test-time flips
+        "training": profile_config("cpu").to_dict(),
         "reference_phase": "PV",
         "preprocessing": config.to_dict(),
     }

@@ -43,6 +43,7 @@ from liverphase.io.outputs import (
     write_unit_map,
 )
 from liverphase.io.study import Study
+from liverphase.models.tta import predict_with_flips
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.preprocess.pipeline import PreprocessedStudy, map_to_reference, preprocess_study
 from liverphase.train.bundle import load_bundle
@@ -87,6 +88,9 @@ class Predictor:
         self.cv = cv_metrics(self.bundle_dir, self.meta)
         self.identity = bundle_identity(self.bundle_dir, self.meta)
         self._cam: PhaseGradCAM | None = None
+        # the flips the trainer averaged for its test predictions: predict scores studies alike
+        training = self.meta.get("training") or {}
+        self.tta_flip_axes = tuple(int(a) for a in training.get("tta_flip_axes", ()))
 
     @staticmethod
     def _middle(names: list[str]) -> str:
@@ -132,10 +136,10 @@ class Predictor:
         tick = time.perf_counter()
         x, kwargs = self._input(pre, present)
         with torch.no_grad():
-            output = self.model(x, **kwargs)
-        probs = output.logits.float().softmax(dim=1)[0].cpu().numpy()
+            prob_t, seg_logits = predict_with_flips(self.model, x, self.tta_flip_axes, **kwargs)
+        probs = prob_t[0].cpu().numpy()
         pred = int(np.argmax(probs))
-        seg_prob = _lesion_probability(output.seg_logits)
+        seg_prob = _lesion_probability(seg_logits)
         timings["model"] = time.perf_counter() - tick
 
         files: dict[str, Path] = {}

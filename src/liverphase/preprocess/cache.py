@@ -36,7 +36,7 @@ from liverphase.io.study import Study
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.preprocess.pipeline import preprocess_study
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: registration on a coarsened moving image
 IMAGE, MASK, META, INDEX, HASHES = (
     "image.npy",
     "mask.npy",
@@ -337,6 +337,7 @@ def preprocess_dataset(
     """
     start = time.perf_counter()
     ds = open_dataset(dataset_root)
+    config = config.resolved(ds.phases)
     cache = PreprocessCache(cache_root)
     cache.root.mkdir(parents=True, exist_ok=True)
     cache.clean_temp()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from liverphase.config import ConfigBase
@@ -104,6 +106,14 @@ class PreprocessConfig(ConfigBase):
             )
         if self.phases is not None and len(set(self.phases)) != len(self.phases):
             raise ConfigError(f"duplicate phase names in {self.phases}", "phases")
+
+    def resolved(self, dataset_phases: Sequence[str]) -> PreprocessConfig:
+        """A copy with phases and channels explicit, so equal settings give equal cache keys."""
+        return dataclasses.replace(
+            self,
+            phases=tuple(self.phases if self.phases is not None else dataset_phases),
+            channels=self.n_channels,
+        )
 
     @property
     def n_channels(self) -> int:

@@ -77,6 +77,27 @@ def resample_to_spacing(
     return resample_like(image, ref, interpolator=interpolator, default=default)
 
 
+def coarsen_to_spacing(image: sitk.Image, spacing_xyz: Sequence[float]) -> sitk.Image:
+    """Anti-aliased copy at no finer than `spacing_xyz` (x, y, z) mm, inside the image's own extent.
+
+    Axes already coarser keep their spacing; the grid never reaches past the outer voxel edges
+    (whole voxels only), so no padding value enters the copy.
+    """
+    old_sp = np.asarray(image.GetSpacing(), float)
+    new_sp = np.maximum(old_sp, np.asarray(spacing_xyz, float))
+    if np.allclose(new_sp, old_sp):
+        return sitk.Cast(image, sitk.sitkFloat32)
+    size = np.asarray(image.GetSize(), float)
+    new_size = np.maximum(1, np.floor(size * old_sp / new_sp + 1e-6)).astype(int)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    first_edge = np.asarray(image.GetOrigin()) - direction @ (old_sp / 2)
+    ref = sitk.Image([int(n) for n in new_size], sitk.sitkUInt8)
+    ref.SetSpacing(tuple(float(s) for s in new_sp))
+    ref.SetDirection(image.GetDirection())
+    ref.SetOrigin(tuple(float(o) for o in first_edge + direction @ (new_sp / 2)))
+    return resample_like(smooth_for_downsampling(image, new_sp), ref, default=None)
+
+
 def resample_like(
     image: sitk.Image,
     reference: sitk.Image,

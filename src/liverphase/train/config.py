@@ -42,7 +42,9 @@ class TrainConfig(ConfigBase):
     augment_params: AugmentConfig = field(default_factory=AugmentConfig)
     val_fraction: float = 0.2
     early_stopping_patience: int = 0
-    select_metric: str = "auc"
+    select_metric: str = "loss"
+    # in-plane flips averaged at test time (0=D, 1=H, 2=W); () predicts from the plain input
+    tta_flip_axes: tuple[int, ...] = (1, 2)
     seed: int = 0
     num_workers: int = 0
     amp: str = "auto"
@@ -81,6 +83,8 @@ class TrainConfig(ConfigBase):
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", name)
+        if any(a not in (0, 1, 2) for a in self.tta_flip_axes):
+            raise ConfigError(f"axes must be 0, 1 or 2, got {self.tta_flip_axes}", "tta_flip_axes")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"must be in [0, 1), got {self.val_fraction}", "val_fraction")
         if not self.model:
@@ -101,6 +105,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gamma": 0.1,
         "epochs": 50,
         "batch_size": 2,
+        "tta_flip_axes": [],
     },
     "cpu": {
         "optimizer": "adamw",

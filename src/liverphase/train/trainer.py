@@ -27,6 +27,7 @@ from liverphase.data.augment import Augmenter
 from liverphase.data.dataset import CachedStudyDataset
 from liverphase.errors import ConfigError
 from liverphase.models.registry import ModelOutput, MultiPhaseModel
+from liverphase.models.tta import predict_with_flips
 from liverphase.train.bundle import save_bundle, state_tensors
 from liverphase.train.config import TrainConfig
 from liverphase.train.distributed import barrier, gather_objects, is_main, rank_world
@@ -289,16 +290,24 @@ class Trainer:
         records = []
         with torch.no_grad(), self._autocast():
             for batch in loader:
-                out = model(batch["image"].to(self.device))
-                probs = torch.softmax(out.logits.float(), dim=1).cpu().numpy()
+                x = batch["image"].to(self.device)
+                # validation (with_loss) scores the plain model; final predictions use the TTA
+                axes = () if with_loss else tuple(self.config.tta_flip_axes)
+                if axes:
+                    out = None
+                    p, seg = predict_with_flips(model, x, axes)
+                else:
+                    out = model(x)
+                    p, seg = torch.softmax(out.logits.float(), dim=1), out.seg_logits
+                probs = p.cpu().numpy()
                 for i, idx in enumerate(batch["index"].tolist()):
                     loss = math.nan
-                    if with_loss:
+                    if with_loss and out is not None:
                         one = {k: v[i : i + 1] for k, v in batch.items() if torch.is_tensor(v)}
                         loss = float(self._loss(slice_output(out, i), one))
                     mask = None
-                    if with_masks and out.seg_logits is not None:
-                        mask = out.seg_logits[i].argmax(0).to(torch.uint8).cpu().numpy()
+                    if with_masks and seg is not None:
+                        mask = seg[i].argmax(0).to(torch.uint8).cpu().numpy()
                     records.append((idx, probs[i], loss, mask))
         model.train(was_training)
         merged = {r[0]: r for part in gather_objects(records) for r in part}  # drops padding
