@@ -183,6 +183,12 @@ def test_compare_runs_on_same_folds_with_delong_and_kinetics(
     assert by_model["early_fusion"]["params"] > 0 and by_model["early_fusion"]["step_s"] > 0
     assert len(by_model["kinetics (logistic regression)"]["auc_ci"]) == 2
     assert "DeLong p" in out
+    # a run cached elsewhere (--cache) records where: compare finds it without being told
+    assert json.loads((other / "run.json").read_text())["cache"] == str(
+        (cv_run / "cache").resolve()
+    )
+    _ok(["compare", str(other), str(cv_run), "--data", str(cohort), "--out", str(tmp_path / "c2")])
+    assert not (other / "cache").exists()
 
 
 def test_ablate_tables_cover_the_papers_experiments() -> None:

@@ -497,7 +497,8 @@ def compare(
         True, help="Add the kinetics logistic-regression baseline on the same folds."
     ),
     cache: Path | None = typer.Option(
-        None, help="The runs' preprocessing cache (default FIRST_RUN/cache)."
+        None,
+        help="The runs' preprocessing cache (default: the one the first run used, from its run.json).",
     ),
 ) -> None:
     """Compare cv runs: AUC, accuracy, F1 with patient-bootstrap CIs and DeLong p against the first run."""

@@ -125,11 +125,12 @@ def run_dataload(pipeline: Mapping[str, Any], quick: bool) -> dict[str, Any]:
     items = list(
         cached_items(ds, Path(pipeline["cache"]), config, workers=1, progress=False).values()
     )
-    workers = (0,) if quick else (0, 1)
+    profile_workers = profile_config("cpu").num_workers
+    workers = tuple(sorted({0, profile_workers} | (set() if quick else {1})))
     runs = {
         f"workers_{w}": wait_fraction(items, ds.class_names, steps=2 if quick else 3, num_workers=w)
         for w in workers
     }
     # the figure judged: the CPU profile's own loader setting
-    main = runs[f"workers_{profile_config('cpu').num_workers}"]
+    main = runs[f"workers_{profile_workers}"]
     return {**main, "by_workers": runs}

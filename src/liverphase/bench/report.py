@@ -211,7 +211,7 @@ def _dataload(d: Mapping[str, Any]) -> list[str]:
 def _accuracy(a: Mapping[str, Any]) -> list[str]:
     lines = [
         f"{a['folds']}-fold patient-level cv, {a['cases']} synthetic CT cases (preset "
-        f"{a['preset']!r}, seed {a['seed']}), profile {a['profile']}, {a['epochs']} epoch(s)"
+        f"{a['preset']!r}, difficulty {a.get('difficulty', 'realistic')!r}, seed {a['seed']}), profile {a['profile']}, {a['epochs']} epoch(s)"
         + (" — a quick run checks the path only; these AUCs mean nothing." if a["quick"] else "."),
         "",
         "| model | input | pooled AUC (95% CI) | accuracy | seconds |",

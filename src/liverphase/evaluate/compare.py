@@ -68,6 +68,14 @@ def run_parameters(run: Path, ds: NnUNetDataset) -> int | None:
     return count_parameters(net)
 
 
+def default_cache(run: Path) -> Path:
+    """The cache a cv RUN used (run.json `cache`, when it still exists), else RUN/cache."""
+    recorded = run_info(run).get("cache")
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    return Path(run) / "cache"
+
+
 def run_items(run: Path, ds: NnUNetDataset, cache_root: Path) -> dict[str, dict[str, Any]]:
     """Cached items of a RUN's preprocessing (a no-op when the cache holds them)."""
     pre = PreprocessConfig.from_dict(run_info(run)["preprocessing"])
@@ -106,7 +114,7 @@ def compare_runs(
             "step_s": step_seconds(run),
             "run": str(run),
         }
-    items = run_items(ref_run, ds, cache_root or ref_run / "cache")
+    items = run_items(ref_run, ds, cache_root or default_cache(ref_run))
     if kinetics:
         probs = kinetics_baseline_cv(items, splits_from_json(ref_splits), ds.class_names, seed)
         models[KINETICS] = np.stack([probs[c] for c in case_ids])

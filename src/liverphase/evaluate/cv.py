@@ -175,9 +175,8 @@ def run_cv(
         k=folds,
         seed=seed,
     )
-    items = cached_items(
-        ds, Path(cache_root) if cache_root else out / "cache", exp.preprocess, workers, progress
-    )
+    cache_dir = Path(cache_root) if cache_root else out / "cache"
+    items = cached_items(ds, cache_dir, exp.preprocess, workers, progress)
     write_splits(out / "splits.json", fold_list)
     case_fold, probs_by_case, seg_rows = {}, {}, []
     for k, fold in enumerate(fold_list):
@@ -227,6 +226,8 @@ def run_cv(
         "seed": seed,
         "training": exp.train.to_dict(),
         "preprocessing": exp.preprocess.to_dict(),
+        # where the inputs were cached: compare/ablate read the same entries instead of rebuilding
+        "cache": str(cache_dir.resolve()),
         "seconds": round(time.perf_counter() - start, 1),
     }
     atomic_write_json(out / "run.json", run_info)

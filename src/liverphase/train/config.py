@@ -116,6 +116,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "scheduler": "cosine",
         "epochs": 20,
         "batch_size": 4,
+        # one loader process overlaps augmentation with the step: `liverphase bench` measured the
+        # data wait at 5.1% of a step in-process and 2.4% with one worker, compute time unchanged
+        # (results are identical: augmentation seeds do not depend on the worker)
+        "num_workers": 1,
     },
 }
 
