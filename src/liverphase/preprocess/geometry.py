@@ -55,6 +55,27 @@ def to_canonical(image: sitk.Image, orientation: str = CANONICAL_ORIENTATION) ->
     return out
 
 
+def edge_aligned_grid(
+    image: sitk.Image, spacing_xyz: Sequence[float], whole_voxels: bool = False
+) -> sitk.Image:
+    """An empty grid of `spacing_xyz` (x, y, z) whose first outer voxel edge is the image's.
+
+    The voxel count rounds the image's extent (so it is kept to within half a voxel), or with
+    `whole_voxels` floors it, so the grid never reaches past the image's outer edges.
+    """
+    new_sp = np.asarray(spacing_xyz, float)
+    old_sp = np.asarray(image.GetSpacing(), float)
+    extent = np.asarray(image.GetSize(), float) * old_sp / new_sp
+    n = np.floor(extent + 1e-6) if whole_voxels else np.round(extent)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    first_edge = np.asarray(image.GetOrigin()) - direction @ (old_sp / 2)
+    ref = sitk.Image([int(v) for v in np.maximum(1, n)], sitk.sitkUInt8)
+    ref.SetSpacing(tuple(float(v) for v in new_sp))
+    ref.SetDirection(image.GetDirection())
+    ref.SetOrigin(tuple(float(o) for o in first_edge + direction @ (new_sp / 2)))
+    return ref
+
+
 def resample_to_spacing(
     image: sitk.Image,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
@@ -62,39 +83,20 @@ def resample_to_spacing(
     default: float | None = None,
 ) -> sitk.Image:
     """Resample onto a grid of `spacing` (z, y, x) mm covering the same physical extent."""
-    new_sp = np.asarray(spacing, float)[::-1]
-    old_sp = np.asarray(image.GetSpacing(), float)
-    old_size = np.asarray(image.GetSize(), float)
-    new_size = np.maximum(1, np.round(old_size * old_sp / new_sp)).astype(int)
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    # keep the outer voxel edges in place, so the physical extent is unchanged
-    first_edge = np.asarray(image.GetOrigin()) - direction @ (old_sp / 2)
-    origin = first_edge + direction @ (new_sp / 2)
-    ref = sitk.Image([int(n) for n in new_size], sitk.sitkUInt8)
-    ref.SetSpacing(tuple(float(s) for s in new_sp))
-    ref.SetDirection(image.GetDirection())
-    ref.SetOrigin(tuple(float(o) for o in origin))
+    ref = edge_aligned_grid(image, np.asarray(spacing, float)[::-1])
     return resample_like(image, ref, interpolator=interpolator, default=default)
 
 
 def coarsen_to_spacing(image: sitk.Image, spacing_xyz: Sequence[float]) -> sitk.Image:
     """Anti-aliased copy at no finer than `spacing_xyz` (x, y, z) mm, inside the image's own extent.
 
-    Axes already coarser keep their spacing; the grid never reaches past the outer voxel edges
-    (whole voxels only), so no padding value enters the copy.
+    Axes already coarser keep their spacing; whole voxels only, so no padding value enters the copy.
     """
     old_sp = np.asarray(image.GetSpacing(), float)
     new_sp = np.maximum(old_sp, np.asarray(spacing_xyz, float))
     if np.allclose(new_sp, old_sp):
         return sitk.Cast(image, sitk.sitkFloat32)
-    size = np.asarray(image.GetSize(), float)
-    new_size = np.maximum(1, np.floor(size * old_sp / new_sp + 1e-6)).astype(int)
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    first_edge = np.asarray(image.GetOrigin()) - direction @ (old_sp / 2)
-    ref = sitk.Image([int(n) for n in new_size], sitk.sitkUInt8)
-    ref.SetSpacing(tuple(float(s) for s in new_sp))
-    ref.SetDirection(image.GetDirection())
-    ref.SetOrigin(tuple(float(o) for o in first_edge + direction @ (new_sp / 2)))
+    ref = edge_aligned_grid(image, new_sp, whole_voxels=True)
     return resample_like(smooth_for_downsampling(image, new_sp), ref, default=None)
 
 

@@ -288,11 +288,11 @@ class Trainer:
         was_training = model.training
         model.eval()
         records = []
+        # validation (with_loss) scores the plain model; final predictions use the TTA
+        axes = () if with_loss else tuple(self.config.tta_flip_axes)
         with torch.no_grad(), self._autocast():
             for batch in loader:
                 x = batch["image"].to(self.device)
-                # validation (with_loss) scores the plain model; final predictions use the TTA
-                axes = () if with_loss else tuple(self.config.tta_flip_axes)
                 if axes:
                     out = None
                     p, seg = predict_with_flips(model, x, axes)
