@@ -105,6 +105,31 @@ def test_evaluate_on_a_dataset(cv_run: Path, cohort: Path, tmp_path: Path) -> No
     assert "AUC" in out
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["pooled"]["n_cases"] == 12
+    # the mean of the fold bundles, each with the test-time flips its recipe names (as cv and predict)
+    import numpy as np
+    import torch
+
+    from liverphase.evaluate.compare import oof_probs
+    from liverphase.evaluate.cv import cached_items
+    from liverphase.io.nifti import open_dataset
+    from liverphase.models.tta import predict_with_flips
+    from liverphase.preprocess.config import PreprocessConfig
+    from liverphase.train.bundle import load_bundle
+
+    ids, got = oof_probs(tmp_path / "ev")
+    flipped, plain = [], []
+    for bundle in sorted(cv_run.glob("fold_*/bundle")):
+        model, meta = load_bundle(bundle)
+        axes = tuple(meta["training"]["tta_flip_axes"])
+        assert axes == (1, 2)
+        pre = PreprocessConfig.from_dict(meta["preprocessing"])
+        items = cached_items(open_dataset(cohort), tmp_path / "ev" / "cache", pre, 1, False)
+        x = torch.stack([torch.from_numpy(np.load(items[c]["image"])) for c in ids])
+        with torch.no_grad():
+            flipped.append(predict_with_flips(model, x, axes)[0].numpy())
+            plain.append(predict_with_flips(model, x, ())[0].numpy())
+    np.testing.assert_allclose(got, np.mean(flipped, axis=0), atol=1e-4)
+    assert np.abs(np.mean(plain, axis=0) - np.mean(flipped, axis=0)).max() > 1e-4
 
 
 def test_predict_held_out_dicom_study(cv_run: Path, cohort: Path, tmp_path: Path) -> None:
@@ -208,6 +233,88 @@ def test_ablate_tables_cover_the_papers_experiments() -> None:
         ["NC", "ART", "DL"],
     ]
     assert tables["4. Input channels"]["1 raw channel"]["in_channels"] == 1
+
+
+def test_ablate_std_net_suite_tables() -> None:
+    from liverphase.errors import ConfigError
+    from liverphase.evaluate.ablate import experiment_tables, full_model
+
+    tables = experiment_tables(["NC", "ART", "PV", "DL"], suite="std_net")
+    full = full_model("std_net")
+    assert full["model"] == "std_net" and full["model_options"] == {"temporal": "transformer"}
+    for rows in tables.values():
+        assert full in rows.values()
+    temporal = tables["1. Temporal module"]
+    modes = [
+        v["model_options"].get("temporal") for v in temporal.values() if v["model"] == "std_net"
+    ]
+    assert modes == ["transformer", "gru", "mean", "concat"]
+    assert temporal["unet_channels (phases as channels)"]["model"] == "unet_channels"
+    assert [v.get("phases") for v in tables["2. Phases"].values()] == [
+        None,
+        ["ART", "PV", "DL"],
+        ["ART", "PV"],
+    ]
+    # the published three phases as the dataset: the 2-phase row remains, the 3-phase one is the full
+    three = experiment_tables(["ART", "PV", "DL"], suite="std_net")["2. Phases"]
+    assert list(three) == ["3 phases", "ART+PV"]
+    with pytest.raises(ConfigError):
+        experiment_tables(["NC"], suite="nope")
+
+
+def test_cv_of_a_segmenting_model_writes_per_case_dice_and_compare_tests_it(
+    cohort: Path, small_config: Path, tmp_path: Path
+) -> None:
+    runs = {}
+    for mode in ("transformer", "mean"):
+        runs[mode] = tmp_path / mode
+        _ok(
+            [
+                "cv",
+                str(cohort),
+                "--model",
+                "std_net",
+                "--folds",
+                "2",
+                "--epochs",
+                "1",
+                "--out",
+                str(runs[mode]),
+                "--config",
+                str(small_config),
+                "--cache",
+                str(tmp_path / "cache"),
+                *("-o", "base_channels=4", "-o", "scales=3", "-o", f"temporal={mode}"),
+            ]
+        )
+    with open(runs["mean"] / "segmentation.csv", newline="") as fh:
+        seg = list(csv.DictReader(fh))
+    assert sorted(r["case_id"] for r in seg) == sorted(
+        r["case_id"] for r in csv.DictReader(open(cohort / "cases.csv", newline=""))
+    )
+    dice = [float(r["dice"]) for r in seg]
+    assert all(0.0 <= d <= 1.0 for d in dice)
+    pooled = json.loads((runs["mean"] / "metrics.json").read_text())["pooled"]
+    assert pooled["dice"] == pytest.approx(sum(dice) / len(dice))
+    out_dir = tmp_path / "cmp"
+    _ok(["compare", *(str(r) for r in runs.values()), "--data", str(cohort), "--out", str(out_dir)])
+    rows = {r["model"]: r for r in json.loads((out_dir / "comparison.json").read_text())}
+    first, second = (r for k, r in rows.items() if k.startswith("std_net"))
+    assert first["dice"] == pytest.approx(
+        json.loads((runs["transformer"] / "metrics.json").read_text())["pooled"]["dice"]
+    )
+    assert "dice_p" not in first and 0.0 <= second["dice_p"] <= 1.0
+    assert rows["kinetics (logistic regression)"].get("dice") is None
+    assert "Dice (95% CI)" in (out_dir / "comparison.md").read_text()
+    # evaluate: the fold bundles' mean lesion probability, thresholded, scored per case
+    ev = tmp_path / "ev"
+    _ok(["evaluate", str(runs["mean"]), "--data", str(cohort), "--out", str(ev)])
+    with open(ev / "segmentation.csv", newline="") as fh:
+        ev_dice = [float(r["dice"]) for r in csv.DictReader(fh)]
+    assert len(ev_dice) == 12 and all(0.0 <= d <= 1.0 for d in ev_dice)
+    ev_pooled = json.loads((ev / "metrics.json").read_text())["pooled"]
+    assert ev_pooled["dice"] == pytest.approx(sum(ev_dice) / 12)
+    assert ev_pooled["dice_ci"][0] <= ev_pooled["dice"] <= ev_pooled["dice_ci"][1]
 
 
 def test_train_writes_a_bundle_over_all_cases(

@@ -35,3 +35,76 @@ def test_empty_prediction() -> None:
     a = _box((8, 8, 8), (2, 2, 2), (6, 6, 6))
     r = segmentation_metrics(np.zeros_like(a), a, (1, 1, 1))
     assert r["dice"] == 0.0 and np.isnan(r["hd95"]) and r["volume_error"] == -1.0
+
+
+def test_segmentation_csv_round_trip(tmp_path) -> None:
+    from liverphase.evaluate.segmentation import read_segmentation_csv, write_segmentation_csv
+
+    rows = [
+        {
+            "case_id": "A",
+            "patient_id": "P1",
+            "fold": 0,
+            "dice": 0.5,
+            "hd95": float("nan"),
+            "surface_dice": 0.25,
+            "volume_error": -0.1,
+            "volume_ml": 2.0,
+        },
+        {
+            "case_id": "B",
+            "patient_id": "P2",
+            "fold": 1,
+            "dice": 1.0,
+            "hd95": 0.0,
+            "surface_dice": 1.0,
+            "volume_error": 0.0,
+            "volume_ml": 3.5,
+        },
+    ]
+    write_segmentation_csv(tmp_path / "segmentation.csv", rows)
+    back = read_segmentation_csv(tmp_path / "segmentation.csv")
+    assert back["A"]["dice"] == 0.5 and np.isnan(back["A"]["hd95"])
+    assert back["B"]["volume_ml"] == 3.5 and list(back) == ["A", "B"]
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically, nothing left behind
+
+
+def test_segmentation_comparison_dice_ci_and_paired_p(tmp_path) -> None:
+    from liverphase.evaluate.compare import segmentation_comparison
+    from liverphase.evaluate.segmentation import write_segmentation_csv
+
+    rng = np.random.default_rng(0)
+    ids = [f"C{i}" for i in range(40)]
+    groups = [f"P{i // 2}" for i in range(40)]
+    base = rng.uniform(0.6, 0.8, 40)
+    runs = {}
+    for label, dice in (("ref", base), ("same", base), ("better", base + 0.1), ("none", None)):
+        runs[label] = tmp_path / label
+        runs[label].mkdir()
+        if dice is not None:
+            write_segmentation_csv(
+                runs[label] / "segmentation.csv",
+                [
+                    {"case_id": c, "patient_id": g, "dice": d, "hd95": 3.0, "surface_dice": d}
+                    for c, g, d in zip(ids, groups, dice, strict=True)
+                ],
+            )
+    out = segmentation_comparison(runs, "ref", ids, groups, n_boot=500)
+    assert set(out) == {"ref", "same", "better"}  # a run without segmentation.csv adds nothing
+    assert out["ref"]["dice"] == pytest.approx(base.mean())
+    lo, hi = out["ref"]["dice_ci"]
+    assert lo < base.mean() < hi and hi - lo < 0.1
+    assert "dice_p" not in out["ref"] and out["same"]["dice_p"] == 1.0
+    assert out["better"]["dice_p"] < 0.01
+    assert out["better"]["hd95"] == pytest.approx(3.0)
+
+
+def test_paired_bootstrap_p_known_answers() -> None:
+    from liverphase.evaluate.stats import paired_bootstrap_p
+
+    groups = np.repeat(np.arange(20), 2)
+    assert paired_bootstrap_p(np.zeros(40), groups) == 1.0
+    assert paired_bootstrap_p(np.full(40, 0.05), groups) == 0.0
+    noise = np.random.default_rng(1).normal(0.0, 1.0, 40)
+    assert paired_bootstrap_p(noise - noise.mean(), groups) > 0.5  # centred: no evidence
+    assert np.isnan(paired_bootstrap_p(np.full(3, np.nan), None))

@@ -453,23 +453,34 @@ def ablate(
     profile: str = _PROFILE,
     epochs: int | None = typer.Option(None, help="Override the profile's epochs for every run."),
     tables: str | None = typer.Option(
-        None, help="Comma-separated subset of tables 1-5 (default all)."
+        None, help="Comma-separated subset of the suite's tables, by number (default all)."
+    ),
+    suite: str = typer.Option(
+        "paper",
+        help="paper: MIFF+SPM's tables 1-5; std_net: STD-Net's temporal-module and phase tables 1-2.",
     ),
     seed: int = typer.Option(0),
     workers: int = _WORKERS,
 ) -> None:
-    """The four-phase CT paper's experiments (networks, components, λ, channels, phases) in one command."""
+    """A paper's experiments (networks, components, λ, channels, phases; or STD-Net's) in one command."""
     from liverphase.errors import ConfigError
-    from liverphase.evaluate.ablate import run_ablate
+    from liverphase.evaluate.ablate import check_suite, experiment_tables, run_ablate
+    from liverphase.io.nifti import open_dataset
 
+    check_suite(suite)
     chosen = None
     if tables:
+        n_tables = len(experiment_tables(open_dataset(dataset).phases, suite))
         try:
             chosen = [int(t) for t in tables.split(",")]
         except ValueError:
-            raise ConfigError(f"expected numbers 1-5, got {tables!r}", "--tables") from None
-        if any(t not in range(1, 6) for t in chosen):
-            raise ConfigError(f"tables are numbered 1-5, got {tables!r}", "--tables")
+            raise ConfigError(
+                f"expected numbers 1-{n_tables}, got {tables!r}", "--tables"
+            ) from None
+        if any(t not in range(1, n_tables + 1) for t in chosen):
+            raise ConfigError(
+                f"suite {suite!r} has tables 1-{n_tables}, got {tables!r}", "--tables"
+            )
     result = run_ablate(
         dataset,
         out,
@@ -480,6 +491,7 @@ def ablate(
         tables=chosen,
         workers=workers,
         log=typer.echo,
+        suite=suite,
     )
     typer.echo(f"report: {result['report']} ({result['seconds']:.0f} s)")
 

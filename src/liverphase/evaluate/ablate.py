@@ -1,12 +1,18 @@
-"""`liverphase ablate`: the four-phase CT paper's experiments as tables, all on the same patient-level folds.
+"""`liverphase ablate`: a paper's experiments as tables, all on the same patient-level folds.
 
-Tables (each row a full cross-validation; identical variants are trained once and reused):
+Suite `paper` (the four-phase CT paper, MIFF+SPM; each row a full cross-validation, identical
+variants trained once and reused):
 1. miff_spm against resnet3d18, densenet3d121, stic, early_fusion and the kinetics baseline;
 2. Backbone, +SPM, +MIFF, +SPM+MIFF, +MTL (miff_spm's switches);
 3. λ ∈ {0, 0.25, 0.5, 0.75};
 4. 1 raw channel vs 3 CT windows;
 5. four phases vs NC+ART+PV vs NC+ART+DL.
-Every row has AUC, accuracy and F1 with patient-bootstrap CIs and DeLong's p against the full model.
+Suite `std_net` (STD-Net, joint segmentation and characterisation):
+1. temporal module: transformer (the full model) vs gru, mean, concat, and MONAI's UNet taking the
+   phases as input channels (`unet_channels`, no decoupling at all);
+2. phases: four vs three (ART+PV+DL, the published model's) vs two (ART+PV).
+Every row has AUC, accuracy and F1 with patient-bootstrap CIs and DeLong's p against the suite's full
+model; models that segment add Dice, HD95 and surface Dice with CIs and a paired p on Dice.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from liverphase.atomic import atomic_write_json, atomic_write_text
-from liverphase.evaluate.compare import COLUMNS, KINETICS, compare_runs, oof_probs
+from liverphase.errors import ConfigError
+from liverphase.evaluate.compare import KINETICS, compare_runs, oof_probs, table_columns
 from liverphase.evaluate.cv import run_cv
 from liverphase.evaluate.report import markdown_table
 from liverphase.io.nifti import open_dataset
@@ -29,13 +36,56 @@ def _variant(model: str, **options: Any) -> dict[str, Any]:
     return {"model": model, "model_options": options, **extra}
 
 
-def full_model() -> dict[str, Any]:
-    """The reference of every table: miff_spm with MIFF, SPM and the multi-task loss (λ = 0.5)."""
+SUITES = {
+    "paper": "the four-phase CT paper's experiments (MIFF+SPM)",
+    "std_net": "STD-Net's experiments (temporal module, phases)",
+}
+
+
+def check_suite(suite: str) -> None:
+    """A ConfigError naming the suites unless `suite` is one of them."""
+    if suite not in SUITES:
+        raise ConfigError(f"unknown suite {suite!r}; choose one of {sorted(SUITES)}", "--suite")
+
+
+def full_model(suite: str = "paper") -> dict[str, Any]:
+    """The reference of every table of a suite: miff_spm with MIFF, SPM and the multi-task loss
+    (λ = 0.5) for `paper`; std_net with the temporal transformer for `std_net`."""
+    check_suite(suite)
+    if suite == "std_net":
+        return _variant("std_net", temporal="transformer")
     return _variant("miff_spm", miff=True, spm=True, mtl_lambda=0.5)
 
 
-def experiment_tables(phases: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+def _named_subsets(
+    phases: list[str], wanted: tuple[tuple[str, list[str]], ...]
+) -> dict[str, list[str]]:
+    return {name: sub for name, sub in wanted if all(p in phases for p in sub) and sub != phases}
+
+
+def std_net_tables(phases: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The std_net suite: temporal-module table and 2/3/4-phase table."""
+    full = full_model("std_net")
+    temporal = {"transformer (full)": full}
+    temporal.update(
+        {mode: _variant("std_net", temporal=mode) for mode in ("gru", "mean", "concat")}
+    )
+    temporal["unet_channels (phases as channels)"] = _variant("unet_channels")
+    subsets = _named_subsets(
+        phases, (("ART+PV+DL", ["ART", "PV", "DL"]), ("ART+PV", ["ART", "PV"]))
+    )
+    phase_rows = {f"{len(phases)} phases": full}
+    phase_rows.update({name: {**full, "phases": sub} for name, sub in subsets.items()})
+    return {"1. Temporal module": temporal, "2. Phases": phase_rows}
+
+
+def experiment_tables(
+    phases: list[str], suite: str = "paper"
+) -> dict[str, dict[str, dict[str, Any]]]:
     """Table title → row label → variant (model, model_options, phases, in_channels)."""
+    check_suite(suite)
+    if suite == "std_net":
+        return std_net_tables(phases)
     full = full_model()
     tables: dict[str, dict[str, dict[str, Any]]] = {
         "1. MIFF+SPM vs other networks and the kinetics baseline": {
@@ -64,14 +114,11 @@ def experiment_tables(phases: list[str]) -> dict[str, dict[str, dict[str, Any]]]
             "3 CT windows": full,
         },
     }
-    subsets = {"four phases": phases}
-    for name, subset in (("NC+ART+PV", ["NC", "ART", "PV"]), ("NC+ART+DL", ["NC", "ART", "DL"])):
-        if all(p in phases for p in subset) and len(phases) > 3:
-            subsets[name] = subset
-    tables["5. Phases"] = {
-        name: {**full, "phases": subset} if subset != phases else full
-        for name, subset in subsets.items()
-    }
+    subsets = _named_subsets(
+        phases, (("NC+ART+PV", ["NC", "ART", "PV"]), ("NC+ART+DL", ["NC", "ART", "DL"]))
+    )
+    tables["5. Phases"] = {"four phases": full}
+    tables["5. Phases"].update({name: {**full, "phases": sub} for name, sub in subsets.items()})
     return tables
 
 
@@ -93,20 +140,21 @@ def run_ablate(
     workers: int = 1,
     n_boot: int = 1000,
     log: Callable[[str], None] = print,
+    suite: str = "paper",
 ) -> dict[str, Any]:
     """Run every variant of the chosen tables once (same folds, same seed) and write RUN/report.md."""
     start = time.perf_counter()
     out = Path(out)
     ds = open_dataset(dataset)
-    all_tables = experiment_tables(ds.phases)
+    all_tables = experiment_tables(ds.phases, suite)
     chosen = {
         t: v
         for i, (t, v) in enumerate(all_tables.items(), start=1)
         if tables is None or i in tables
     }
     runs: dict[str, Path] = {}
-    full_key = _key(full_model())
-    for variants in [{"full": full_model()}, *chosen.values()]:
+    full_key = _key(full_model(suite))
+    for variants in [{"full": full_model(suite)}, *chosen.values()]:
         for variant in variants.values():
             if variant["model"] == "kinetics" or _key(variant) in runs:
                 continue
@@ -143,16 +191,24 @@ def run_ablate(
             seed=seed,
         )
         sections.append(
-            f"## {title}\n\nReference for DeLong: {reference}.\n\n" + markdown_table(rows, COLUMNS)
+            f"## {title}\n\nReference for DeLong: {reference}.\n\n"
+            + markdown_table(rows, table_columns(rows))
         )
         results[title] = rows
     header = (
-        f"# Ablation: the four-phase CT paper's experiments\n\nDataset {ds.root} ({n_cases} cases, "
+        f"# Ablation: {SUITES[suite]}\n\nDataset {ds.root} ({n_cases} cases, "
         f"{len({c.patient_id for c in ds.cases})} patients). Every row is a {folds}-fold patient-level cross-validation on the same "
         f"folds (seed {seed}), profile `{profile}`"
         + (f", {epochs} epochs" if epochs else "")
         + ". "
-        "AUC/accuracy/F1 with 95% CIs by bootstrap over patients; DeLong p against the full model.\n"
+        "AUC/accuracy/F1 with 95% CIs by bootstrap over patients; DeLong p against the full model"
+        + (
+            "; Dice, HD95 and surface Dice (2 mm) per case with patient-bootstrap CIs, Dice p a "
+            "paired patient bootstrap of the per-case Dice difference against the full model"
+            if suite == "std_net"
+            else ""
+        )
+        + ".\n"
     )
     seconds = round(time.perf_counter() - start, 1)
     atomic_write_text(

@@ -16,6 +16,8 @@ from liverphase.errors import DatasetError
 from liverphase.evaluate.cv import cached_items
 from liverphase.evaluate.kinetics_baseline import kinetics_baseline_cv
 from liverphase.evaluate.report import COMPARISON_COLUMNS, comparison_table, markdown_table
+from liverphase.evaluate.segmentation import read_segmentation_csv
+from liverphase.evaluate.stats import mean_ci, paired_bootstrap_p
 from liverphase.io.nifti import NnUNetDataset, open_dataset
 from liverphase.models.blocks import count_parameters
 from liverphase.models.registry import create_model
@@ -23,6 +25,19 @@ from liverphase.preprocess.config import PreprocessConfig
 
 KINETICS = "kinetics (logistic regression)"
 COLUMNS = [*COMPARISON_COLUMNS, ("params", "Params", ","), ("step_s", "Step s", ".2f")]
+SEGMENTATION_COLUMNS = [
+    ("dice", "Dice (95% CI)", "ci"),
+    ("dice_p", "Dice p", "p"),
+    ("hd95", "HD95 mm (95% CI)", "ci"),
+    ("surface_dice", "Surface Dice (95% CI)", "ci"),
+]
+
+
+def table_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    """COLUMNS, with the segmentation columns inserted when any row has a Dice."""
+    if not any(r.get("dice") is not None for r in rows):
+        return COLUMNS
+    return [*COMPARISON_COLUMNS, *SEGMENTATION_COLUMNS, *COLUMNS[len(COMPARISON_COLUMNS) :]]
 
 
 def oof_probs(run: Path) -> tuple[list[str], np.ndarray]:
@@ -122,15 +137,53 @@ def compare_runs(
     y = np.array([ds.class_names.index(items[c]["label"]) for c in case_ids])
     groups = [items[c]["patient_id"] for c in case_ids]
     rows = comparison_table(models, y, groups, reference, ds.class_names, n_boot=n_boot, seed=seed)
+    seg = segmentation_comparison(runs, reference, case_ids, groups, n_boot, seed)
     for row in rows:
         row.update(extra[row["model"]])
+        row.update(seg.get(row["model"], {}))
     return rows
+
+
+def segmentation_comparison(
+    runs: dict[str, Path],
+    reference: str,
+    case_ids: Sequence[str],
+    groups: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Label → mean Dice, HD95, surface Dice with patient-bootstrap CIs, and a paired p of the Dice
+    difference against `reference` (patient bootstrap), for the runs that wrote segmentation.csv."""
+    per_case: dict[str, dict[str, np.ndarray]] = {}
+    for label, run in runs.items():
+        path = Path(run) / "segmentation.csv"
+        if not path.is_file():
+            continue
+        table = read_segmentation_csv(path)
+        missing = [c for c in case_ids if c not in table]
+        if missing:
+            raise DatasetError(f"run {label!r} has no segmentation metrics for {missing[:3]}", path)
+        per_case[label] = {
+            k: np.array([table[c][k] for c in case_ids]) for k in ("dice", "hd95", "surface_dice")
+        }
+    g = np.asarray(groups)
+    out: dict[str, dict[str, Any]] = {}
+    for label, values in per_case.items():
+        row: dict[str, Any] = {}
+        for key, vals in values.items():
+            mean, ci = mean_ci(vals, g, n_boot, seed)
+            row[key], row[f"{key}_ci"] = mean, [ci[0], ci[1]]
+        if label != reference and reference in per_case:
+            diff = values["dice"] - per_case[reference]["dice"]
+            row["dice_p"] = paired_bootstrap_p(diff, g, n_boot, seed)
+        out[label] = row
+    return out
 
 
 def write_comparison(rows: Sequence[dict[str, Any]], out: Path, title: str, note: str = "") -> Path:
     """comparison.md (table) and comparison.json in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "comparison.json", list(rows))
-    text = f"# {title}\n\n{note}\n\n" + markdown_table(list(rows), COLUMNS)
+    text = f"# {title}\n\n{note}\n\n" + markdown_table(list(rows), table_columns(rows))
     atomic_write_text(out / "comparison.md", text)
     return out / "comparison.md"

@@ -15,7 +15,11 @@ from liverphase.data.splits import inner_validation_split, patient_folds, write_
 from liverphase.errors import ConfigError
 from liverphase.evaluate.predictions import Predictions
 from liverphase.evaluate.report import write_cv_report
-from liverphase.evaluate.segmentation import segmentation_summary
+from liverphase.evaluate.segmentation import (
+    pooled_segmentation,
+    segmentation_summary,
+    write_segmentation_csv,
+)
 from liverphase.io.nifti import NnUNetDataset, open_dataset
 from liverphase.models.registry import create_model, model_info
 from liverphase.preprocess.cache import PreprocessCache, preprocess_dataset
@@ -208,7 +212,9 @@ def run_cv(
         probs=np.stack([probs_by_case[c] for c in order]),
         class_names=exp.class_names,
     )
-    extra = _seg_pooled(seg_rows) if seg_rows else None
+    extra = pooled_segmentation(seg_rows, n_boot) if seg_rows else None
+    if seg_rows:
+        write_segmentation_csv(out / "segmentation.csv", seg_rows)
     metrics = write_cv_report(
         out,
         preds,
@@ -232,21 +238,6 @@ def run_cv(
     }
     atomic_write_json(out / "run.json", run_info)
     return {"metrics": metrics, "predictions": preds, "run": run_info, "seg_rows": seg_rows}
-
-
-def _seg_pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    from liverphase.evaluate.stats import mean_ci
-
-    groups = [r["patient_id"] for r in rows]
-    out: dict[str, Any] = {}
-    for key in ("dice", "hd95", "surface_dice", "volume_error"):
-        vals = np.array([r[key] for r in rows], dtype=float)
-        ok = np.isfinite(vals)
-        if ok.any():
-            out[key] = float(vals[ok].mean())
-            ci = mean_ci(vals[ok], [g for g, o in zip(groups, ok, strict=True) if o])
-            out[f"{key}_ci"] = [float(ci[0]), float(ci[1])]
-    return out
 
 
 def run_train(

@@ -1,4 +1,9 @@
-"""`liverphase evaluate RUN --data DATASET`: trained bundle(s) on another dataset, with CIs and ROC."""
+"""`liverphase evaluate RUN --data DATASET`: trained bundle(s) on another dataset, with CIs and ROC.
+
+Each bundle predicts as it would in `cv` and `predict`: with its own preprocessing and the test-time
+flips its training recipe names. Fold bundles of a cv RUN are averaged (class probabilities, and the
+lesion-mask probabilities of models that segment, which then get per-case Dice, HD95, surface Dice).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,13 @@ from liverphase.errors import BundleError, DatasetError
 from liverphase.evaluate.cv import cached_items
 from liverphase.evaluate.predictions import Predictions
 from liverphase.evaluate.report import write_cv_report
+from liverphase.evaluate.segmentation import (
+    pooled_segmentation,
+    segmentation_summary,
+    write_segmentation_csv,
+)
 from liverphase.io.nifti import open_dataset
+from liverphase.models.tta import predict_with_flips
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.train.bundle import load_bundle
 
@@ -34,9 +45,14 @@ def run_bundles(run: str | Path) -> list[Path]:
 
 @torch.no_grad()
 def predict_items(
-    model: torch.nn.Module, items: list[dict[str, Any]], class_names: list[str], batch_size: int = 2
-) -> np.ndarray:
-    """Class probabilities (N, K) of cached items, in order."""
+    model: torch.nn.Module,
+    items: list[dict[str, Any]],
+    class_names: list[str],
+    batch_size: int = 2,
+    flip_axes: tuple[int, ...] = (),
+) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """Class probabilities (N, K) of cached items, in order, averaged over flips of `flip_axes`;
+    with a model that segments also the lesion probability maps (D, H, W) per item, else None."""
     index = {c: i for i, c in enumerate(class_names)}
     labelled = [
         {**it, "label": it["label"] if it["label"] in index else class_names[0]} for it in items
@@ -45,11 +61,13 @@ def predict_items(
         CachedStudyDataset(labelled, index, None, seed=0), batch_size=batch_size, shuffle=False
     )
     device = next(model.parameters()).device
-    out = [
-        torch.softmax(model(batch["image"].to(device)).logits.float(), dim=1).cpu()
-        for batch in loader
-    ]
-    return torch.cat(out).numpy()
+    probs, lesion = [], []
+    for batch in loader:
+        p, seg = predict_with_flips(model, batch["image"].to(device), tuple(flip_axes))
+        probs.append(p.cpu())
+        if seg is not None:
+            lesion += list(seg.softmax(dim=1)[:, 1].cpu().numpy())
+    return torch.cat(probs).numpy(), (lesion or None)
 
 
 def evaluate_run(
@@ -64,7 +82,7 @@ def evaluate_run(
     bundles = run_bundles(run)
     ds = open_dataset(dataset)
     out = Path(out) if out else Path(run) / f"evaluate_{ds.root.name}"
-    probs_sum, meta0 = None, None
+    probs_sum, meta0, lesion_sum = None, None, None
     for path in bundles:
         model, meta = load_bundle(path)
         meta0 = meta0 or meta
@@ -84,8 +102,17 @@ def evaluate_run(
         )
         items = cached_items(ds, out / "cache", pre, workers, progress)
         ids = [c.case_id for c in ds.cases]
-        probs = predict_items(model, [items[c] for c in ids], list(meta["class_names"]))
+        flips = tuple((meta.get("training") or {}).get("tta_flip_axes") or ())
+        probs, lesion = predict_items(
+            model, [items[c] for c in ids], list(meta["class_names"]), flip_axes=flips
+        )
         probs_sum = probs if probs_sum is None else probs_sum + probs
+        if lesion is not None:
+            lesion_sum = (
+                lesion
+                if lesion_sum is None
+                else [a + b for a, b in zip(lesion_sum, lesion, strict=True)]
+            )
     assert meta0 is not None and probs_sum is not None
     class_names = list(meta0["class_names"])
     preds = Predictions(
@@ -99,7 +126,22 @@ def evaluate_run(
     title = f"{meta0['model']} on {ds.root.name}" + (
         f" (mean of {len(bundles)} fold bundles)" if len(bundles) > 1 else ""
     )
+    seg_pooled = None
+    if lesion_sum is not None:
+        masks = [(m / len(bundles) > 0.5).astype(np.uint8) for m in lesion_sum]
+        seg_rows = segmentation_summary([items[c] for c in ids], masks)
+        if seg_rows:
+            out.mkdir(parents=True, exist_ok=True)
+            write_segmentation_csv(out / "segmentation.csv", seg_rows)
+            seg_pooled = pooled_segmentation(seg_rows, n_boot)
     metrics = write_cv_report(
-        out, preds, title=title, dataset=str(ds.root), model=meta0["model"], seed=0, n_boot=n_boot
+        out,
+        preds,
+        title=title,
+        dataset=str(ds.root),
+        model=meta0["model"],
+        seed=0,
+        n_boot=n_boot,
+        extra_pooled=seg_pooled,
     )
     return {"metrics": metrics, "out": str(out), "bundles": [str(b) for b in bundles]}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +12,21 @@ from typing import Any
 import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+
+from liverphase.atomic import atomic_write_text
+from liverphase.errors import DatasetError
+from liverphase.evaluate.stats import mean_ci
+
+SEGMENTATION_FIELDS = (
+    "case_id",
+    "patient_id",
+    "fold",
+    "dice",
+    "hd95",
+    "surface_dice",
+    "volume_error",
+    "volume_ml",
+)
 
 
 def _one_hot(mask: np.ndarray) -> torch.Tensor:
@@ -69,3 +86,45 @@ def segmentation_summary(
             }
         )
     return rows
+
+
+def write_segmentation_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Per-case segmentation metrics as CSV (atomic), the file `compare` reads Dice from."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SEGMENTATION_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in SEGMENTATION_FIELDS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_segmentation_csv(path: str | Path) -> dict[str, dict[str, float]]:
+    """Case id → metrics (floats; NaN where empty) of a segmentation.csv."""
+    path = Path(path)
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [k for k in ("case_id", "dice", "hd95") if k not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(f"segmentation.csv lacks columns {missing}", path)
+        out = {}
+        for r in reader:
+            out[r["case_id"]] = {
+                k: float(r[k]) if r.get(k) not in (None, "") else float("nan")
+                for k in SEGMENTATION_FIELDS[3:]
+                if k in r
+            }
+        return out
+
+
+def pooled_segmentation(rows: Sequence[dict[str, Any]], n_boot: int = 1000) -> dict[str, Any]:
+    """Mean Dice, HD95, surface Dice and volume error over cases (NaN skipped) with patient-bootstrap
+    CIs, as `metrics.json` pools them (`dice`, `dice_ci`, ...)."""
+    groups = np.array([r["patient_id"] for r in rows])
+    out: dict[str, Any] = {}
+    for key in ("dice", "hd95", "surface_dice", "volume_error"):
+        vals = np.array([r[key] for r in rows], dtype=float)
+        ok = np.isfinite(vals)
+        if ok.any():
+            mean, ci = mean_ci(vals[ok], groups[ok], n_boot)
+            out[key], out[f"{key}_ci"] = float(mean), [float(ci[0]), float(ci[1])]
+    return out

@@ -221,3 +221,24 @@ def delong_test(
         return auc1, auc2, math.copysign(math.inf, auc1 - auc2), 0.0
     z = (auc1 - auc2) / math.sqrt(var)
     return auc1, auc2, float(z), float(2 * norm.sf(abs(z)))
+
+
+def paired_bootstrap_p(
+    diff: np.ndarray, groups: np.ndarray | None, n: int = 1000, seed: int = 0
+) -> float:
+    """Two-sided p that the mean of paired per-case differences is 0, by bootstrap over patients.
+
+    p = 2·min(share of resampled means ≤ 0, share ≥ 0), capped at 1: the smallest α at which the
+    percentile CI of the mean difference excludes 0 (NaN differences are dropped first).
+    """
+    d = np.asarray(diff, dtype=np.float64)
+    ok = np.isfinite(d)
+    if not ok.any():
+        return float("nan")
+    g = None if groups is None else np.asarray(groups)[ok]
+    d = d[ok]
+    if np.all(d == 0):
+        return 1.0
+    means = np.array([d[idx].mean() for idx in patient_resamples(g, d.shape[0], n, seed)])
+    share = min(float(np.mean(means <= 0)), float(np.mean(means >= 0)))
+    return min(1.0, 2.0 * share)
