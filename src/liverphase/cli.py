@@ -41,6 +41,14 @@ def _echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+def _auc_text(metrics: dict[str, Any]) -> str:
+    """'AUC 0.912 (95% CI 0.850-0.960)' from metrics with auc and auc_ci (nan where missing)."""
+    nan = float("nan")
+    auc = metrics.get("auc")
+    lo, hi = metrics.get("auc_ci") or (nan, nan)
+    return f"AUC {nan if auc is None else auc:.3f} (95% CI {lo:.3f}-{hi:.3f})"
+
+
 @app.command()
 @user_errors
 def synth(
@@ -95,72 +103,6 @@ def inspect(
         typer.echo(f"{len(problems)} problem(s) found")
     if problems:
         raise typer.Exit(2)
-
-
-def _parse_options(options: list[str]) -> dict[str, Any]:
-    """`key=value` pairs into a dict, values parsed as YAML scalars (numbers, true/false, lists)."""
-    import yaml
-
-    from liverphase.errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in options:
-        if "=" not in item:
-            raise ConfigError(f"expected key=value, got {item!r}", "--option")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def _experiment_kwargs(
-    model: str,
-    profile: str,
-    config: Path | None,
-    epochs: int | None,
-    batch_size: int | None,
-    lr: float | None,
-    phases: str | None,
-    in_channels: int,
-    option: list[str],
-    no_register: bool,
-) -> dict[str, Any]:
-    """Profile + YAML config + explicit flags (flags win) into make_experiment's keyword arguments."""
-    import yaml
-
-    from liverphase.errors import ConfigError
-
-    data: dict[str, Any] = {}
-    if config is not None:
-        if not config.is_file():
-            raise ConfigError("config file not found", config)
-        try:
-            data = yaml.safe_load(config.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"invalid YAML ({str(exc).splitlines()[0]})", config) from None
-        if not isinstance(data, dict) or set(data) - {"train", "preprocess", "model_options"}:
-            raise ConfigError(
-                "expected a mapping with sections train, preprocess, model_options", config
-            )
-    train = dict(data.get("train") or {})
-    train.update(
-        {
-            k: v
-            for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
-            if v is not None
-        }
-    )
-    pre = dict(data.get("preprocess") or {})
-    if no_register:
-        pre["register"] = False
-    return {
-        "model": model,
-        "profile": profile,
-        "phases": [p.strip() for p in phases.split(",")] if phases else None,
-        "in_channels": in_channels,
-        "model_options": {**(data.get("model_options") or {}), **_parse_options(option)},
-        "preprocess_overrides": pre,
-        **train,
-    }
 
 
 _MODEL = typer.Option("miff_spm", "--model", help="A registered model (see `liverphase models`).")
@@ -236,8 +178,9 @@ def train(
 ) -> None:
     """Train one model on a whole dataset (an inner validation split selects the epoch)."""
     from liverphase.evaluate.cv import run_train
+    from liverphase.train.options import experiment_kwargs
 
-    kwargs = _experiment_kwargs(
+    kwargs = experiment_kwargs(
         model, profile, config, epochs, batch_size, lr, phases, in_channels, option, no_register
     )
     result = run_train(
@@ -269,8 +212,9 @@ def cv(
 ) -> None:
     """k-fold patient-level cross-validation: metrics with CIs, ROC, report and a bundle per fold."""
     from liverphase.evaluate.cv import run_cv
+    from liverphase.train.options import experiment_kwargs
 
-    kwargs = _experiment_kwargs(
+    kwargs = experiment_kwargs(
         model, profile, config, epochs, batch_size, lr, phases, in_channels, option, no_register
     )
     result = run_cv(
@@ -284,10 +228,7 @@ def cv(
         resume=resume,
     )
     pooled = result["metrics"]["pooled"]
-    ci = pooled.get("auc_ci") or [float("nan"), float("nan")]
-    typer.echo(
-        f"pooled AUC {pooled.get('auc', float('nan')):.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}), ACC {pooled.get('acc', float('nan')):.3f}"
-    )
+    typer.echo(f"pooled {_auc_text(pooled)}, ACC {pooled.get('acc', float('nan')):.3f}")
     if "dice" in pooled:
         typer.echo(f"pooled Dice {pooled['dice']:.3f}")
     typer.echo(f"report: {Path(out) / 'report.md'}")
@@ -310,32 +251,11 @@ def models(
 ) -> None:
     """Registered models: parameters, forward GFLOPs, forward and training-step time, peak memory (batch 2)."""
     from liverphase.atomic import atomic_write_json, atomic_write_text
-    from liverphase.bench.models import (
-        MEMORY_OPTIONS,
-        default_input_shapes,
-        format_models_table,
-        profile_models,
-    )
-    from liverphase.errors import ConfigError
-    from liverphase.models import list_models, model_info
+    from liverphase.bench.models import models_report
 
-    registered = list_models()
-    chosen = [n.strip() for n in names.split(",")] if names else registered
-    unknown = [n for n in chosen if n not in registered]
-    if unknown:
-        raise ConfigError(f"unknown model(s) {unknown}; registered: {registered}", "--names")
-    for name in chosen:
-        typer.echo(
-            f"{name}: {model_info(name)['description'].splitlines()[0] if model_info(name)['description'] else ''}"
-        )
-    rows = profile_models(
-        chosen,
-        default_input_shapes(quick),
-        repeats=repeats,
-        options_by_name=MEMORY_OPTIONS if memory_options else None,
-    )
-    table = format_models_table(rows)
-    typer.echo(table)
+    lines, rows, table = models_report(names, quick, memory_options, repeats)
+    for line in [*lines, table]:
+        typer.echo(line)
     if out is not None:
         atomic_write_json(out / "models.json", rows)
         atomic_write_text(out / "models.md", table + "\n")
@@ -361,17 +281,9 @@ def predict(
     keep_phi: bool = typer.Option(False, help="Keep patient name and birth date in the report."),
 ) -> None:
     """Characterise, segment and explain the lesion of a study; writes prediction.json, CAMs and report.html."""
-    from liverphase.errors import ConfigError
-    from liverphase.inference.run import run_predict
+    from liverphase.inference.run import parse_bbox, run_predict
 
-    box = None
-    if bbox is not None:
-        try:
-            box = [float(v) for v in bbox.replace(",", " ").split()]
-        except ValueError:
-            raise ConfigError(f"expected numbers, got {bbox!r}", "--bbox") from None
-    if bbox_units not in ("mm", "voxel"):
-        raise ConfigError(f"must be mm or voxel, got {bbox_units!r}", "--bbox-units")
+    box = parse_bbox(bbox, bbox_units)
     result = run_predict(
         bundle, study, out, case=case, mask=mask, bbox=box, bbox_units=bbox_units, keep_phi=keep_phi
     )
@@ -415,10 +327,8 @@ def evaluate(
 
     result = evaluate_run(run, data, out, workers=workers)
     pooled = result["metrics"]["pooled"]
-    ci = pooled.get("auc_ci") or [float("nan"), float("nan")]
-    typer.echo(
-        f"AUC {pooled.get('auc') or float('nan'):.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}); report: {result['out']}/report.md"
-    )
+    dice = f", pooled Dice {pooled['dice']:.3f}" if "dice" in pooled else ""
+    typer.echo(f"{_auc_text(pooled)}{dice}; report: {result['out']}/report.md")
 
 
 @app.command()
@@ -433,10 +343,7 @@ def demo(
     from liverphase.inference.demo import run_demo
 
     s = run_demo(out, cases=cases, epochs=epochs, model=model, log=typer.echo)
-    ci = s["auc_ci"] or [float("nan"), float("nan")]
-    typer.echo(
-        f"cross-validated AUC {s['auc']:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}); CV report: {s['report_md']}"
-    )
+    typer.echo(f"cross-validated {_auc_text(s)}; CV report: {s['report_md']}")
     typer.echo(
         f"held-out study {s['held_out_case']} (true {s['true_label']}): predicted {s['held_out_label']} {s['probabilities']}"
     )
@@ -463,24 +370,9 @@ def ablate(
     workers: int = _WORKERS,
 ) -> None:
     """A paper's experiments (networks, components, λ, channels, phases; or STD-Net's) in one command."""
-    from liverphase.errors import ConfigError
-    from liverphase.evaluate.ablate import check_suite, experiment_tables, run_ablate
-    from liverphase.io.nifti import open_dataset
+    from liverphase.evaluate.ablate import parse_tables, run_ablate
 
-    check_suite(suite)
-    chosen = None
-    if tables:
-        n_tables = len(experiment_tables(open_dataset(dataset).phases, suite))
-        try:
-            chosen = [int(t) for t in tables.split(",")]
-        except ValueError:
-            raise ConfigError(
-                f"expected numbers 1-{n_tables}, got {tables!r}", "--tables"
-            ) from None
-        if any(t not in range(1, n_tables + 1) for t in chosen):
-            raise ConfigError(
-                f"suite {suite!r} has tables 1-{n_tables}, got {tables!r}", "--tables"
-            )
+    chosen = parse_tables(tables, dataset, suite)
     result = run_ablate(
         dataset,
         out,
@@ -514,16 +406,9 @@ def compare(
     ),
 ) -> None:
     """Compare cv runs: AUC, accuracy, F1 with patient-bootstrap CIs and DeLong p against the first run."""
-    from liverphase.errors import ConfigError
-    from liverphase.evaluate.compare import compare_runs, run_info, write_comparison
+    from liverphase.evaluate.compare import compare_runs, label_runs, write_comparison
 
-    labels: dict[str, Path] = {}
-    for run in runs:
-        label = run_info(run).get("model", run.name)
-        label = label if label not in labels else f"{label} ({run.name})"
-        labels[label] = run
-    if len(labels) < 1:
-        raise ConfigError("give at least one run", "RUNS")
+    labels = label_runs(runs)
     reference = next(iter(labels))
     rows = compare_runs(labels, data, reference, kinetics=kinetics, cache_root=cache)
     path = write_comparison(

@@ -62,6 +62,31 @@ def default_input_shapes(quick: bool = False) -> dict[str, tuple[int, ...]]:
     return {"paper": PAPER_INPUT, "cpu": CPU_INPUT}
 
 
+def models_report(
+    names: str | None, quick: bool, memory_options: bool, repeats: int
+) -> tuple[list[str], list[dict[str, Any]], str]:
+    """`liverphase models`: one description line per chosen model, the profiled rows and their table."""
+    from liverphase.errors import ConfigError
+    from liverphase.models import list_models, model_info
+
+    registered = list_models()
+    chosen = [n.strip() for n in names.split(",")] if names else registered
+    unknown = [n for n in chosen if n not in registered]
+    if unknown:
+        raise ConfigError(f"unknown model(s) {unknown}; registered: {registered}", "--names")
+    lines = []
+    for name in chosen:
+        description = model_info(name)["description"]
+        lines.append(f"{name}: {description.splitlines()[0] if description else ''}")
+    rows = profile_models(
+        chosen,
+        default_input_shapes(quick),
+        repeats=repeats,
+        options_by_name=MEMORY_OPTIONS if memory_options else None,
+    )
+    return lines, rows, format_models_table(rows)
+
+
 def profile_models(
     names: Sequence[str],
     input_shapes: Mapping[str, tuple[int, ...]],

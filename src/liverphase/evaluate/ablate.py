@@ -122,6 +122,21 @@ def experiment_tables(
     return tables
 
 
+def parse_tables(spec: str | None, dataset: str | Path, suite: str) -> list[int] | None:
+    """`--tables 1,3` into table numbers of the suite (None: all); a ConfigError if out of range."""
+    check_suite(suite)
+    if not spec:
+        return None
+    n_tables = len(experiment_tables(open_dataset(dataset).phases, suite))
+    try:
+        chosen = [int(t) for t in spec.split(",")]
+    except ValueError:
+        raise ConfigError(f"expected numbers 1-{n_tables}, got {spec!r}", "--tables") from None
+    if any(t not in range(1, n_tables + 1) for t in chosen):
+        raise ConfigError(f"suite {suite!r} has tables 1-{n_tables}, got {spec!r}", "--tables")
+    return chosen
+
+
 def _key(variant: dict[str, Any]) -> str:
     return json.dumps(
         {k: variant.get(k) for k in ("model", "model_options", "phases", "in_channels")},

@@ -12,7 +12,7 @@ import numpy as np
 
 from liverphase.atomic import atomic_write_json, atomic_write_text
 from liverphase.data.splits import splits_from_json
-from liverphase.errors import DatasetError
+from liverphase.errors import ConfigError, DatasetError
 from liverphase.evaluate.cv import cached_items
 from liverphase.evaluate.kinetics_baseline import kinetics_baseline_cv
 from liverphase.evaluate.report import COMPARISON_COLUMNS, comparison_table, markdown_table
@@ -69,6 +69,17 @@ def run_info(run: Path) -> dict[str, Any]:
     """The run.json of a cv RUN (model, options, training and preprocessing configs)."""
     path = Path(run) / "run.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def label_runs(runs: Sequence[Path]) -> dict[str, Path]:
+    """Runs keyed by their model's name (the folder name added when two share a model)."""
+    if not runs:
+        raise ConfigError("give at least one run", "RUNS")
+    labels: dict[str, Path] = {}
+    for run in runs:
+        label = run_info(run).get("model", run.name)
+        labels[label if label not in labels else f"{label} ({run.name})"] = run
+    return labels
 
 
 def run_parameters(run: Path, ds: NnUNetDataset) -> int | None:

@@ -30,6 +30,18 @@ from liverphase.io.study import Study
 _PHASE_FILE = re.compile(r"^(?P<case>.+)_(?P<k>\d{4})\.nii(\.gz)?$")
 
 
+def parse_bbox(text: str | None, units: str = "mm") -> list[float] | None:
+    """`--bbox "z0 y0 x0 z1 y1 x1"` (commas allowed) into numbers; units must be mm or voxel."""
+    if units not in ("mm", "voxel"):
+        raise ConfigError(f"must be mm or voxel, got {units!r}", "--bbox-units")
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise ConfigError(f"expected numbers, got {text!r}", "--bbox") from None
+
+
 def resolve_study_path(path: str | Path, case: str | None = None) -> tuple[str, Path, list[str]]:
     """(kind "dicom" | "case" | "dataset", folder, case ids) for a STUDY argument."""
     path = Path(path)

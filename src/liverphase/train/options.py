@@ -1,0 +1,72 @@
+"""Experiment options from the command line: profile + YAML config + explicit flags, flags winning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from liverphase.errors import ConfigError
+
+CONFIG_SECTIONS = ("train", "preprocess", "model_options")
+
+
+def parse_model_options(options: list[str]) -> dict[str, Any]:
+    """`key=value` pairs into a dict, values parsed as YAML scalars (numbers, true/false, lists)."""
+    out: dict[str, Any] = {}
+    for item in options:
+        if "=" not in item:
+            raise ConfigError(f"expected key=value, got {item!r}", "--option")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def read_experiment_config(config: Path | None) -> dict[str, Any]:
+    """The YAML config's sections (train, preprocess, model_options); {} without a file."""
+    if config is None:
+        return {}
+    if not config.is_file():
+        raise ConfigError("config file not found", config)
+    try:
+        data = yaml.safe_load(config.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML ({str(exc).splitlines()[0]})", config) from None
+    if not isinstance(data, dict) or set(data) - set(CONFIG_SECTIONS):
+        raise ConfigError(f"expected a mapping with sections {', '.join(CONFIG_SECTIONS)}", config)
+    return data
+
+
+def experiment_kwargs(
+    model: str,
+    profile: str,
+    config: Path | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    phases: str | None = None,
+    in_channels: int = 3,
+    option: list[str] | None = None,
+    no_register: bool = False,
+) -> dict[str, Any]:
+    """Profile + YAML config + explicit flags (flags win) into make_experiment's keyword arguments."""
+    data = read_experiment_config(config)
+    train = dict(data.get("train") or {})
+    flags = (("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
+    train.update({k: v for k, v in flags if v is not None})
+    pre = dict(data.get("preprocess") or {})
+    if no_register:
+        pre["register"] = False
+    return {
+        "model": model,
+        "profile": profile,
+        "phases": [p.strip() for p in phases.split(",")] if phases else None,
+        "in_channels": in_channels,
+        "model_options": {
+            **(data.get("model_options") or {}),
+            **parse_model_options(option or []),
+        },
+        "preprocess_overrides": pre,
+        **train,
+    }
