@@ -20,7 +20,7 @@ from _trainer_support import register, unregister
 from liverphase.data.dataset import write_toy_items
 from liverphase.errors import ConfigError
 from liverphase.train import TrainConfig, Trainer, load_bundle, model_factory_from_config
-from liverphase.train.recipe import class_weights, val_metrics
+from liverphase.train.recipe import class_weights, mask_dice, val_metrics
 
 CLASSES = ["HCC", "ICC"]
 PHASES = ["ART", "PV"]
@@ -224,13 +224,37 @@ def test_balanced_class_weights(toy, tmp_path):
 
 
 def test_segmenting_model_trains_with_the_joint_loss_and_predicts_masks(toy, tmp_path):
-    cfg = {"model": "tiny_seg_test_model", "epochs": 2, "lr": 0.05}
+    cfg = {"model": "tiny_seg_test_model", "epochs": 2, "lr": 0.05, "tta_flip_axes": []}
     trainer = make_trainer(cfg, toy, tmp_path, tensorboard=False)
     result = trainer.fit()
     assert trainer.segments and all(math.isfinite(r["val_loss"]) for r in result["history"])
     probs, masks = trainer.predict(toy[1][:3], return_masks=True)
     assert probs.shape == (3, 2) and len(masks) == 3
     assert masks[0].shape == (8, 16, 16) and masks[0].dtype == np.uint8
+    # The logged validation Dice is the mean Dice of the selected model's masks on the val items.
+    _, val_masks = trainer.predict(toy[1], return_masks=True)
+    dice = []
+    for item, pred in zip(toy[1], val_masks, strict=True):
+        truth = np.load(item["mask"]) > 0
+        dice.append(2 * (truth & (pred > 0)).sum() / (truth.sum() + (pred > 0).sum()))
+    best = result["best"]
+    assert 0.0 <= best["val_dice"] <= 1.0
+    assert best["val_dice"] == pytest.approx(np.mean(dice), abs=1e-9)
+    header = (tmp_path / "log.csv").read_text().splitlines()[0]
+    assert header.endswith(",samples_per_s,val_dice")
+    bundle = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    assert bundle["metrics"]["val_dice"] == pytest.approx(best["val_dice"])
+
+
+def test_mask_dice_known_answers():
+    logits = torch.zeros(3, 2, 1, 2, 2)
+    logits[0, 1, 0, 0, :] = 1.0  # predicts 2 voxels, truth 1 of them + 1 more: Dice 2*1/(2+2)
+    logits[2, 1, 0, 1, 1] = 1.0
+    mask = torch.zeros(3, 1, 1, 2, 2, dtype=torch.uint8)
+    mask[0, 0, 0, 0, 0] = mask[0, 0, 0, 1, 0] = 1
+    dice = mask_dice(logits, mask, torch.tensor([True, True, False]))
+    assert dice[0] == pytest.approx(0.5) and dice[1] == 1.0 and math.isnan(dice[2])
+    assert mask_dice(None, mask, torch.tensor([True] * 3)) is None
 
 
 def test_val_metrics_match_sklearn_definitions():

@@ -10,10 +10,15 @@ from liverphase.atomic import atomic_write_text
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds", "samples_per_s")
 
 
+OPTIONAL_COLUMNS = ("val_dice",)
+
+
 def write_log_csv(path: str | Path, history: list[dict[str, Any]]) -> None:
-    """Write one row per epoch record (LOG_COLUMNS), atomically; a resumed run rewrites it whole."""
-    lines = [",".join(LOG_COLUMNS)]
-    lines += [",".join(_fmt(rec[c]) for c in LOG_COLUMNS) for rec in history]
+    """Write one row per epoch record (LOG_COLUMNS, then val_dice for segmenting models),
+    atomically; a resumed run rewrites it whole."""
+    columns = [*LOG_COLUMNS, *(c for c in OPTIONAL_COLUMNS if history and c in history[0])]
+    lines = [",".join(columns)]
+    lines += [",".join(_fmt(rec[c]) for c in columns) for rec in history]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 

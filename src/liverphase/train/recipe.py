@@ -53,6 +53,50 @@ def val_metrics(labels: np.ndarray, probs: np.ndarray, losses: np.ndarray) -> di
     }
 
 
+def epoch_record(
+    epoch: int, train_loss: float, val: dict[str, float], lr: float, seconds: float, n_seen: int
+) -> dict[str, Any]:
+    """One epoch's log row; val_dice only for models that segment (their validation has a Dice)."""
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": val.get("loss", math.nan),
+        "val_auc": val.get("auc", math.nan),
+        "val_acc": val.get("acc", math.nan),
+        **({"val_dice": val["dice"]} if "dice" in val else {}),
+        "lr": lr,
+        "seconds": seconds,
+        "samples_per_s": n_seen / max(seconds, 1e-9),
+    }
+
+
+def bundle_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """The selected epoch's figures for bundle.json, NaN (no validation) as null: strict JSON."""
+    keys = ("epoch", "train_loss", "val_loss", "val_auc", "val_acc", "val_dice")
+    return {
+        k: None if isinstance(record[k], float) and math.isnan(record[k]) else record[k]
+        for k in keys
+        if k in record
+    }
+
+
+def mask_dice(
+    seg_logits: torch.Tensor | None, mask: torch.Tensor, has_mask: torch.Tensor
+) -> list[float] | None:
+    """Per-sample lesion Dice of argmax(seg_logits) (N, 2, ...) against mask (N, 1, ...) on the
+    model's own grid: 1.0 when both are empty, NaN where the case has no mask; None without
+    segmentation."""
+    if seg_logits is None:
+        return None
+    pred = seg_logits.argmax(1).flatten(1) > 0
+    truth = mask.flatten(1).to(pred.device) > 0
+    inter = (pred & truth).sum(1).double()
+    total = (pred.sum(1) + truth.sum(1)).double()
+    dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+    dice = torch.where(has_mask.to(dice.device).bool(), dice, torch.full_like(dice, math.nan))
+    return dice.tolist()
+
+
 def slice_output(out: ModelOutput, i: int) -> ModelOutput:
     """Sample i of a batched ModelOutput (batch dimension kept)."""
     fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}

@@ -36,10 +36,13 @@ from liverphase.train.losses import joint_seg_cls_loss, multitask_loss
 from liverphase.train.recipe import (
     build_optimizer,
     build_scheduler,
+    bundle_metrics,
     check_lambda,
     class_weights,
     default_device,
     derived_seed,
+    epoch_record,
+    mask_dice,
     seed_everything,
     selection_score,
     slice_output,
@@ -139,16 +142,9 @@ class Trainer:
                 epoch = st["epoch"]
                 train_loss, n_seen, seconds = self._train_epoch(net, opt, scaler, epoch)
                 val = self._evaluate(self.val_set, with_loss=True)[0] if len(self.val_set) else {}
-                record = {
-                    "epoch": epoch + 1,
-                    "train_loss": train_loss,
-                    "val_loss": val.get("loss", math.nan),
-                    "val_auc": val.get("auc", math.nan),
-                    "val_acc": val.get("acc", math.nan),
-                    "lr": opt.param_groups[0]["lr"],
-                    "seconds": seconds,
-                    "samples_per_s": n_seen / max(seconds, 1e-9),
-                }
+                record = epoch_record(
+                    epoch + 1, train_loss, val, opt.param_groups[0]["lr"], seconds, n_seen
+                )
                 if sched is not None:
                     sched.step()
                 improved = self._update_selection(st, record, model)
@@ -300,6 +296,7 @@ class Trainer:
                     out = model(x)
                     p, seg = torch.softmax(out.logits.float(), dim=1), out.seg_logits
                 probs = p.cpu().numpy()
+                dice = mask_dice(seg, batch["mask"], batch["has_mask"]) if with_loss else None
                 for i, idx in enumerate(batch["index"].tolist()):
                     loss = math.nan
                     if with_loss and out is not None:
@@ -308,7 +305,7 @@ class Trainer:
                     mask = None
                     if with_masks and seg is not None:
                         mask = seg[i].argmax(0).to(torch.uint8).cpu().numpy()
-                    records.append((idx, probs[i], loss, mask))
+                    records.append((idx, probs[i], loss, mask, dice[i] if dice else math.nan))
         model.train(was_training)
         merged = {r[0]: r for part in gather_objects(records) for r in part}  # drops padding
         order = sorted(merged)
@@ -316,6 +313,9 @@ class Trainer:
         probs = np.stack([merged[i][1] for i in order]) if order else np.zeros((0, k))
         labels = dataset.labels()[order]
         metrics = val_metrics(labels, probs, np.array([merged[i][2] for i in order]))
+        dice = [merged[i][4] for i in order if not math.isnan(merged[i][4])]
+        if dice:
+            metrics["dice"] = float(np.mean(dice))
         masks = [merged[i][3] for i in order] if with_masks else None
         return metrics, probs, masks
 
@@ -366,17 +366,14 @@ class Trainer:
                 self._save_bundle(model, st)
             write_log_csv(self.out_dir / "log.csv", st["history"])
             if writer is not None:
-                for key in ("train_loss", "val_loss", "val_auc", "lr", "samples_per_s"):
-                    writer.add_scalar(key, record[key], record["epoch"])
+                for key in ("train_loss", "val_loss", "val_auc", "val_dice", "lr", "samples_per_s"):
+                    if key in record:
+                        writer.add_scalar(key, record[key], record["epoch"])
                 writer.flush()
         barrier()
 
     def _save_bundle(self, model: MultiPhaseModel, st: dict[str, Any]) -> None:
         best = st["history"][st["best_epoch"] - 1]
-        metrics = {  # NaN (no validation) as null: bundle.json stays strict JSON
-            k: None if isinstance(best[k], float) and math.isnan(best[k]) else best[k]
-            for k in ("epoch", "train_loss", "val_loss", "val_auc", "val_acc")
-        }
         meta = {
             **self.bundle_meta,
             "model": self.config.model,
@@ -384,7 +381,7 @@ class Trainer:
             "class_names": self.class_names,
             "training": self.config.to_dict(),
             "seed": self.config.seed,
-            "metrics": metrics,
+            "metrics": bundle_metrics(best),
         }
         save_bundle(self.bundle_dir, model, meta, tensors=st["best_model"])
 
