@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from liverphase.models import create_model
-from liverphase.models.tta import flip_combinations, predict_with_flips
+from liverphase.models.tta import flip_combinations, lesion_probability, predict_with_flips
 
 PHASES = ("NC", "ART", "PV")
 
@@ -63,3 +63,18 @@ def test_bad_axis() -> None:
     model = create_model("resnet2d_avg", num_classes=2, phases=PHASES, in_channels=1)
     with pytest.raises(ValueError, match="flip axes"):
         predict_with_flips(model, _x(), (3,))
+
+
+def test_lesion_probability_of_two_channel_and_one_channel_logits() -> None:
+    two = torch.zeros(2, 2, 1, 1, 2)
+    two[0, 1, 0, 0, 0] = 2.0  # softmax foreground = sigmoid(2)
+    two[1, 0, 0, 0, 1] = 1.0  # foreground = sigmoid(-1)
+    prob = lesion_probability(two)
+    assert prob.shape == (2, 1, 1, 2)
+    expected = torch.tensor([[[[torch.sigmoid(torch.tensor(2.0)), 0.5]]], [[[0.5, 0.0]]]])
+    expected[1, 0, 0, 1] = torch.sigmoid(torch.tensor(-1.0))
+    torch.testing.assert_close(prob, expected)
+    # a single-channel head is read as a sigmoid; three channels sum the foreground classes
+    torch.testing.assert_close(lesion_probability(two[:, 1:]), torch.sigmoid(two[:, 1]))
+    three = torch.randn(1, 3, 2, 2, 2)
+    torch.testing.assert_close(lesion_probability(three), 1 - three.softmax(1)[:, 0])

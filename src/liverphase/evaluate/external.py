@@ -25,7 +25,7 @@ from liverphase.evaluate.segmentation import (
     write_segmentation_csv,
 )
 from liverphase.io.nifti import open_dataset
-from liverphase.models.tta import predict_with_flips
+from liverphase.models.tta import lesion_probability, predict_with_flips
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.train.bundle import load_bundle
 
@@ -66,7 +66,7 @@ def predict_items(
         p, seg = predict_with_flips(model, batch["image"].to(device), tuple(flip_axes))
         probs.append(p.cpu())
         if seg is not None:
-            lesion += list(seg.softmax(dim=1)[:, 1].cpu().numpy())
+            lesion += list(lesion_probability(seg).cpu().numpy())
     return torch.cat(probs).numpy(), (lesion or None)
 
 

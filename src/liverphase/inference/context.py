@@ -11,6 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from liverphase.io.study import Study
+
+POOR_NCC = 0.5
+"""Below this normalised cross-correlation after registration a phase is flagged as poorly aligned."""
+
 
 @dataclass
 class ReportContext:
@@ -80,3 +85,36 @@ def bundle_identity(bundle_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
         "created": meta.get("created"),
         "weights_sha256": digest.hexdigest()[:16],
     }
+
+
+def registration_warnings(registration: dict[str, dict[str, Any]]) -> list[str]:
+    """One warning per phase whose accepted registration still correlates poorly (NCC < POOR_NCC)."""
+    out = []
+    for p, r in registration.items():
+        ncc = r.get("ncc_after")
+        if r.get("accepted") and ncc is not None and ncc < POOR_NCC:
+            out.append(f"{p}: poor registration (NCC {ncc:.2f} < {POOR_NCC} after alignment)")
+    return out
+
+
+def study_source(study: Study) -> dict[str, Any]:
+    """Where a study came from, for prediction.json: DICOM UIDs, the dataset, or in-memory."""
+    meta = study.metadata
+    if meta.get("source") == "dicom":
+        return {
+            "kind": "dicom",
+            "study_instance_uid": meta.get("study_instance_uid"),
+            "series_instance_uids": meta.get("series_instance_uids"),
+        }
+    if meta.get("dataset"):
+        return {"kind": "nifti", "dataset": meta["dataset"]}
+    return {"kind": "in-memory"}
+
+
+def study_path(study: Study, fallback: Any = None) -> str | None:
+    """The path an error about this study should name: `fallback` when it is a path, else the
+    study's DICOM folder or dataset."""
+    if fallback is not None and isinstance(fallback, str | Path):
+        return str(fallback)
+    meta = study.metadata
+    return meta.get("dicom_folder") or meta.get("dataset") or None

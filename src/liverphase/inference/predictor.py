@@ -31,7 +31,13 @@ from liverphase.errors import BundleError, ConfigError, DatasetError, Liverphase
 from liverphase.explain.cam import CamResult, PhaseGradCAM
 from liverphase.explain.occlusion import phase_importance
 from liverphase.inference import analysis, lesion
-from liverphase.inference.context import bundle_identity, cv_metrics
+from liverphase.inference.context import (
+    bundle_identity,
+    cv_metrics,
+    registration_warnings,
+    study_path,
+    study_source,
+)
 from liverphase.io.nifti import read_image
 from liverphase.io.outputs import (
     find_phi,
@@ -43,13 +49,10 @@ from liverphase.io.outputs import (
     write_unit_map,
 )
 from liverphase.io.study import Study
-from liverphase.models.tta import predict_with_flips
+from liverphase.models.tta import lesion_probability, predict_with_flips
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.preprocess.pipeline import PreprocessedStudy, map_to_reference, preprocess_study
 from liverphase.train.bundle import load_bundle
-
-POOR_NCC = 0.5
-"""Below this normalised cross-correlation after registration a phase is flagged as poorly aligned."""
 
 
 def bundle_config(meta: dict[str, Any], bundle_dir: Path) -> PreprocessConfig:
@@ -131,7 +134,7 @@ class Predictor:
             box = self._coarse_box(study, canon, present, ref, timings)
         timings["preprocess"] += time.perf_counter() - tick
         pre = self._preprocess(study.case_id, canon, present, ref, box, timings)
-        warnings += pre.meta["warnings"] + self._registration_warnings(pre)
+        warnings += pre.meta["warnings"] + registration_warnings(pre.meta["registration"])
 
         tick = time.perf_counter()
         x, kwargs = self._input(pre, present)
@@ -139,7 +142,7 @@ class Predictor:
             prob_t, seg_logits = predict_with_flips(self.model, x, self.tta_flip_axes, **kwargs)
         probs = prob_t[0].cpu().numpy()
         pred = int(np.argmax(probs))
-        seg_prob = _lesion_probability(seg_logits)
+        seg_prob = None if seg_logits is None else lesion_probability(seg_logits)[0].cpu().numpy()
         timings["model"] = time.perf_counter() - tick
 
         files: dict[str, Path] = {}
@@ -205,7 +208,7 @@ class Predictor:
             "cam": cam_result.info(self.phases) if cam_result else None,
             "model_performance": self.cv,
             "warnings": list(dict.fromkeys(warnings)),
-            "source": self._source(study),
+            "source": study_source(study),
             "registration": pre.meta["registration"],
             "crop": {
                 "roi_source": source,
@@ -251,7 +254,7 @@ class Predictor:
     def _check_phases(self, study: Study, warnings: list[str]) -> tuple[list[str], str]:
         present = [p for p in self.phases if p in study.phases]
         missing = [p for p in self.phases if p not in study.phases]
-        where = _study_path(study)
+        where = study_path(study)
         if missing and (not self.accepts_phase_mask or not present):
             raise DatasetError(
                 f"study {study.case_id!r} lacks phase(s) {missing} that model {self.model_name!r} "
@@ -306,7 +309,7 @@ class Predictor:
             raise LiverphaseError(
                 f"no lesion location for study {study.case_id!r}: give a mask or a bbox "
                 f"(model {self.model_name!r} does not segment)",
-                _study_path(study),
+                study_path(study),
             )
         user_mask, note = lesion.conform_mask(user_mask, reference)
         if note:
@@ -314,7 +317,7 @@ class Predictor:
         box = lesion.canonical_box(user_mask)
         if box is None:
             raise LiverphaseError(
-                "the lesion mask is empty (no voxel > 0)", _study_path(study, mask)
+                "the lesion mask is empty (no voxel > 0)", study_path(study, mask)
             )
         return user_mask, box, source
 
@@ -354,17 +357,18 @@ class Predictor:
         pre = self._preprocess(study.case_id, canon, present, ref, None, timings)
         x, kwargs = self._input(pre, present)
         with torch.no_grad():
-            prob = _lesion_probability(self.model(x, **kwargs).seg_logits)
-        if prob is None:
+            seg_logits = self.model(x, **kwargs).seg_logits
+        if seg_logits is None:
             raise LiverphaseError(
                 f"model {self.model_name!r} gave no segmentation", self.bundle_dir
             )
+        prob = lesion_probability(seg_logits)[0].cpu().numpy()
         found = sitk.GetArrayFromImage(map_to_reference(prob, pre.meta, canon[ref])) > 0.5
         box = lesion.index_box(lesion.largest_component(found))
         if box is None:
             raise LiverphaseError(
                 "the model found no lesion in the whole-scan pass: give a mask or a bbox",
-                _study_path(study),
+                study_path(study),
             )
         return box
 
@@ -386,42 +390,6 @@ class Predictor:
         if self._cam is None:
             self._cam = PhaseGradCAM(self.model, self.model_name)
         return self._cam
-
-    def _registration_warnings(self, pre: PreprocessedStudy) -> list[str]:
-        out = []
-        for p, r in pre.meta["registration"].items():
-            ncc = r.get("ncc_after")
-            if r.get("accepted") and ncc is not None and ncc < POOR_NCC:
-                out.append(f"{p}: poor registration (NCC {ncc:.2f} < {POOR_NCC} after alignment)")
-        return out
-
-    def _source(self, study: Study) -> dict[str, Any]:
-        meta = study.metadata
-        if meta.get("source") == "dicom":
-            return {
-                "kind": "dicom",
-                "study_instance_uid": meta.get("study_instance_uid"),
-                "series_instance_uids": meta.get("series_instance_uids"),
-            }
-        if meta.get("dataset"):
-            return {"kind": "nifti", "dataset": meta["dataset"]}
-        return {"kind": "in-memory"}
-
-
-def _lesion_probability(seg_logits: torch.Tensor | None) -> np.ndarray | None:
-    """The lesion probability (D, H, W) of the first sample: softmax channel 1, or sigmoid."""
-    if seg_logits is None:
-        return None
-    s = seg_logits.float()
-    prob = s.softmax(dim=1)[0, 1:].sum(dim=0) if s.shape[1] > 1 else s.sigmoid()[0, 0]
-    return prob.cpu().numpy()
-
-
-def _study_path(study: Study, fallback: Any = None) -> str | None:
-    meta = study.metadata
-    if fallback is not None and not isinstance(fallback, sitk.Image):
-        return str(fallback)
-    return meta.get("dicom_folder") or meta.get("dataset") or None
 
 
 def _rounded(timings: dict[str, float]) -> dict[str, float]:

@@ -45,3 +45,10 @@ def predict_with_flips(
     assert probs is not None
     n = float(len(views))
     return probs / n, (seg / n if seg is not None else None)
+
+
+def lesion_probability(seg_logits: torch.Tensor) -> torch.Tensor:
+    """Lesion probability (B, D, H, W) from mask logits (B, S, D, H, W): the softmax mass of the
+    foreground channels, or the sigmoid of a single channel."""
+    s = seg_logits.float()
+    return s.softmax(dim=1)[:, 1:].sum(dim=1) if s.shape[1] > 1 else s.sigmoid()[:, 0]
