@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +13,12 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from liverphase.atomic import atomic_path, atomic_write_json, atomic_write_text
+from liverphase.atomic import atomic_path, atomic_write_json
 from liverphase.errors import DatasetError, GeometryError, InputFileError, LiverphaseError
+from liverphase.io.cases_csv import CASES_CSV, CaseRecord, read_cases_csv, write_cases_csv
 from liverphase.io.study import Study, same_grid
 from liverphase.phases import DEFAULT_REFERENCE_PHASE
 
-CASES_CSV = "cases.csv"
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -123,90 +120,6 @@ def flip_bbox(
         i, n = 2 - ax, size_xyz[ax]
         lo[i], hi[i] = n - hi[i], n - lo[i]
     return (*lo, *hi)  # type: ignore[return-value]
-
-
-@dataclass
-class CaseRecord:
-    """One row of cases.csv."""
-
-    case_id: str
-    patient_id: str
-    label: str | None
-    bbox: tuple[int, int, int, int, int, int] | None = None
-    extra: dict[str, str] = field(default_factory=dict)
-
-
-def _parse_bbox(text: str, where: Path, case_id: str) -> tuple[int, int, int, int, int, int] | None:
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        vals = [int(round(float(v))) for v in text.replace(",", " ").split()]
-    except ValueError:
-        vals = []
-    if len(vals) != 6 or any(vals[i + 3] <= vals[i] for i in range(3)):
-        raise DatasetError(
-            f"case {case_id!r}: bbox must be 'z0 y0 x0 z1 y1 x1' with z1>z0 etc., got {text!r}",
-            where,
-        )
-    return tuple(vals)  # type: ignore[return-value]
-
-
-def read_cases_csv(path: Path) -> list[CaseRecord]:
-    """Read and validate cases.csv (duplicate ids and missing labels are errors)."""
-    if not path.is_file():
-        raise DatasetError("cases.csv not found (needs case_id, patient_id, label)", path)
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields = reader.fieldnames or []
-        missing = [c for c in ("case_id", "patient_id", "label") if c not in fields]
-        if missing:
-            raise DatasetError(f"missing column(s) {missing}", path)
-        rows = list(reader)
-    records: list[CaseRecord] = []
-    seen: set[str] = set()
-    for line, row in enumerate(rows, start=2):
-        cid = (row.get("case_id") or "").strip()
-        if not cid:
-            raise DatasetError(f"line {line}: empty case_id", path)
-        if cid in seen:
-            raise DatasetError(f"line {line}: duplicate case_id {cid!r}", path)
-        seen.add(cid)
-        label = (row.get("label") or "").strip()
-        if not label:
-            raise DatasetError(f"line {line}: case {cid!r} has no label", path)
-        pid = (row.get("patient_id") or "").strip() or cid
-        extra = {
-            k: v
-            for k, v in row.items()
-            if k not in ("case_id", "patient_id", "label", "bbox") and k
-        }
-        records.append(
-            CaseRecord(cid, pid, label, _parse_bbox(row.get("bbox", ""), path, cid), extra)
-        )
-    return records
-
-
-def write_cases_csv(path: Path, records: Sequence[CaseRecord]) -> None:
-    """Write cases.csv atomically (extra columns in first-seen order)."""
-    extra_cols: list[str] = []
-    for r in records:
-        extra_cols += [k for k in r.extra if k not in extra_cols]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["case_id", "patient_id", "label", "bbox", *extra_cols])
-    for r in records:
-        bbox = " ".join(str(v) for v in r.bbox) if r.bbox else ""
-        writer.writerow(
-            [
-                r.case_id,
-                r.patient_id,
-                r.label or "",
-                bbox,
-                *(r.extra.get(c, "") for c in extra_cols),
-            ]
-        )
-    atomic_write_text(path, buf.getvalue())
 
 
 class NnUNetDataset:

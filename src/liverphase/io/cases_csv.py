@@ -1,0 +1,99 @@
+"""The `cases.csv` sidecar of an nnU-Net raw dataset: one row per case with its patient, label,
+optional lesion box and any extra columns (DESIGN.md)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from liverphase.atomic import atomic_write_text
+from liverphase.errors import DatasetError
+
+CASES_CSV = "cases.csv"
+
+
+@dataclass
+class CaseRecord:
+    """One row of cases.csv."""
+
+    case_id: str
+    patient_id: str
+    label: str | None
+    bbox: tuple[int, int, int, int, int, int] | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _parse_bbox(text: str, where: Path, case_id: str) -> tuple[int, int, int, int, int, int] | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        vals = [int(round(float(v))) for v in text.replace(",", " ").split()]
+    except ValueError:
+        vals = []
+    if len(vals) != 6 or any(vals[i + 3] <= vals[i] for i in range(3)):
+        raise DatasetError(
+            f"case {case_id!r}: bbox must be 'z0 y0 x0 z1 y1 x1' with z1>z0 etc., got {text!r}",
+            where,
+        )
+    return tuple(vals)  # type: ignore[return-value]
+
+
+def read_cases_csv(path: Path) -> list[CaseRecord]:
+    """Read and validate cases.csv (duplicate ids and missing labels are errors)."""
+    if not path.is_file():
+        raise DatasetError("cases.csv not found (needs case_id, patient_id, label)", path)
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        missing = [c for c in ("case_id", "patient_id", "label") if c not in fields]
+        if missing:
+            raise DatasetError(f"missing column(s) {missing}", path)
+        rows = list(reader)
+    records: list[CaseRecord] = []
+    seen: set[str] = set()
+    for line, row in enumerate(rows, start=2):
+        cid = (row.get("case_id") or "").strip()
+        if not cid:
+            raise DatasetError(f"line {line}: empty case_id", path)
+        if cid in seen:
+            raise DatasetError(f"line {line}: duplicate case_id {cid!r}", path)
+        seen.add(cid)
+        label = (row.get("label") or "").strip()
+        if not label:
+            raise DatasetError(f"line {line}: case {cid!r} has no label", path)
+        pid = (row.get("patient_id") or "").strip() or cid
+        extra = {
+            k: v
+            for k, v in row.items()
+            if k not in ("case_id", "patient_id", "label", "bbox") and k
+        }
+        records.append(
+            CaseRecord(cid, pid, label, _parse_bbox(row.get("bbox", ""), path, cid), extra)
+        )
+    return records
+
+
+def write_cases_csv(path: Path, records: Sequence[CaseRecord]) -> None:
+    """Write cases.csv atomically (extra columns in first-seen order)."""
+    extra_cols: list[str] = []
+    for r in records:
+        extra_cols += [k for k in r.extra if k not in extra_cols]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["case_id", "patient_id", "label", "bbox", *extra_cols])
+    for r in records:
+        bbox = " ".join(str(v) for v in r.bbox) if r.bbox else ""
+        writer.writerow(
+            [
+                r.case_id,
+                r.patient_id,
+                r.label or "",
+                bbox,
+                *(r.extra.get(c, "") for c in extra_cols),
+            ]
+        )
+    atomic_write_text(path, buf.getvalue())
