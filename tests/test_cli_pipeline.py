@@ -296,6 +296,9 @@ def test_cv_of_a_segmenting_model_writes_per_case_dice_and_compare_tests_it(
     assert all(0.0 <= d <= 1.0 for d in dice)
     pooled = json.loads((runs["mean"] / "metrics.json").read_text())["pooled"]
     assert pooled["dice"] == pytest.approx(sum(dice) / len(dice))
+    assert all(float(r["true_volume_ml"]) > 0 for r in seg)
+    report = (runs["mean"] / "report.md").read_text()
+    assert "## Segmentation" in report and "True volume (ml)" in report
     out_dir = tmp_path / "cmp"
     _ok(["compare", *(str(r) for r in runs.values()), "--data", str(cohort), "--out", str(out_dir)])
     rows = {r["model"]: r for r in json.loads((out_dir / "comparison.json").read_text())}
@@ -315,6 +318,7 @@ def test_cv_of_a_segmenting_model_writes_per_case_dice_and_compare_tests_it(
     ev_pooled = json.loads((ev / "metrics.json").read_text())["pooled"]
     assert ev_pooled["dice"] == pytest.approx(sum(ev_dice) / 12)
     assert ev_pooled["dice_ci"][0] <= ev_pooled["dice"] <= ev_pooled["dice_ci"][1]
+    assert "## Segmentation" in (ev / "report.md").read_text()
 
 
 def test_train_writes_a_bundle_over_all_cases(

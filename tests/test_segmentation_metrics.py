@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from liverphase.evaluate.segmentation import segmentation_metrics
+from liverphase.evaluate.segmentation import (
+    dice_by_size,
+    segmentation_metrics,
+    segmentation_section,
+)
 
 
 def _box(shape, lo, hi):
@@ -20,6 +24,7 @@ def test_identical_masks() -> None:
     assert r["dice"] == pytest.approx(1.0) and r["hd95"] == pytest.approx(0.0)
     assert r["surface_dice"] == pytest.approx(1.0) and r["volume_error"] == pytest.approx(0.0)
     assert r["volume_ml"] == pytest.approx(6 * 10 * 10 / 1000)
+    assert r["true_volume_ml"] == pytest.approx(0.6)
 
 
 def test_shifted_box_known_dice_and_distance() -> None:
@@ -108,3 +113,26 @@ def test_paired_bootstrap_p_known_answers() -> None:
     noise = np.random.default_rng(1).normal(0.0, 1.0, 40)
     assert paired_bootstrap_p(noise - noise.mean(), groups) > 0.5  # centred: no evidence
     assert np.isnan(paired_bootstrap_p(np.full(3, np.nan), None))
+
+
+def test_dice_by_size_bins_by_true_volume() -> None:
+    rows = [
+        {"true_volume_ml": v, "dice": d, "surface_dice": 0.5, "hd95": h, "volume_error": e}
+        for v, d, h, e in [
+            (9.0, 0.9, 1.0, 0.0),
+            (0.5, 0.2, 5.0, 3.0),
+            (3.0, 0.6, 2.0, 0.5),
+            (1.0, 0.4, float("nan"), 1.0),
+            (8.0, 0.8, 3.0, -0.2),
+            (2.0, 0.5, 4.0, 0.3),
+            (float("nan"), 0.0, 9.0, 9.0),  # no true volume (old csv): left out
+        ]
+    ]
+    bins = dice_by_size(rows)
+    assert [b["cases"] for b in bins] == [2, 2, 2]
+    assert [b["volume"] for b in bins] == ["0.50–1.00", "2.00–3.00", "8.00–9.00"]
+    assert [b["dice"] for b in bins] == pytest.approx([0.3, 0.55, 0.85])
+    assert bins[0]["hd95"] == 5.0 and bins[2]["hd95"] == pytest.approx(2.0)  # NaN skipped
+    assert bins[0]["volume_error"] == pytest.approx(2.0)
+    text = segmentation_section(rows)
+    assert "## Segmentation" in text and "| 0.50–1.00 | 2 | 0.300 |" in text

@@ -17,6 +17,7 @@ from liverphase.evaluate.predictions import Predictions
 from liverphase.evaluate.report import write_cv_report
 from liverphase.evaluate.segmentation import (
     pooled_segmentation,
+    segmentation_section,
     segmentation_summary,
     write_segmentation_csv,
 )
@@ -224,6 +225,7 @@ def run_cv(
         seed=seed,
         n_boot=n_boot,
         extra_pooled=extra,
+        sections=[segmentation_section(seg_rows)] if seg_rows else (),
     )
     run_info = {
         "model": exp.model,

@@ -21,6 +21,7 @@ from liverphase.evaluate.predictions import Predictions
 from liverphase.evaluate.report import write_cv_report
 from liverphase.evaluate.segmentation import (
     pooled_segmentation,
+    segmentation_section,
     segmentation_summary,
     write_segmentation_csv,
 )
@@ -126,7 +127,7 @@ def evaluate_run(
     title = f"{meta0['model']} on {ds.root.name}" + (
         f" (mean of {len(bundles)} fold bundles)" if len(bundles) > 1 else ""
     )
-    seg_pooled = None
+    seg_pooled, sections = None, []
     if lesion_sum is not None:
         masks = [(m / len(bundles) > 0.5).astype(np.uint8) for m in lesion_sum]
         seg_rows = segmentation_summary([items[c] for c in ids], masks)
@@ -134,6 +135,7 @@ def evaluate_run(
             out.mkdir(parents=True, exist_ok=True)
             write_segmentation_csv(out / "segmentation.csv", seg_rows)
             seg_pooled = pooled_segmentation(seg_rows, n_boot)
+            sections = [segmentation_section(seg_rows)]
     metrics = write_cv_report(
         out,
         preds,
@@ -143,5 +145,6 @@ def evaluate_run(
         seed=0,
         n_boot=n_boot,
         extra_pooled=seg_pooled,
+        sections=sections,
     )
     return {"metrics": metrics, "out": str(out), "bundles": [str(b) for b in bundles]}

@@ -40,6 +40,8 @@ METRIC_NAMES = {
     "brier": "Brier",
     "dice": "Dice",
     "hd95": "HD95 (mm)",
+    "surface_dice": "Surface Dice (2 mm)",
+    "volume_error": "Volume error (relative)",
 }
 
 
