@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,16 +45,19 @@ def segmentation_metrics(
     spacing = [float(s) for s in spacing_mm]
     dice = float(compute_dice(p, t, include_background=False)[0, 0])
     if p[0, 1].any() and t[0, 1].any():
-        hd95 = float(
-            compute_hausdorff_distance(
-                p, t, include_background=False, percentile=95, spacing=spacing
-            )[0, 0]
-        )
-        nsd = float(
-            compute_surface_dice(p, t, [tolerance_mm], include_background=False, spacing=spacing)[
-                0, 0
-            ]
-        )
+        with warnings.catch_warnings():
+            # MONAI 1.5 passes a deprecated argument to itself (get_mask_edges); not ours to fix
+            warnings.filterwarnings("ignore", "monai.metrics.utils get_mask_edges", FutureWarning)
+            hd95 = float(
+                compute_hausdorff_distance(
+                    p, t, include_background=False, percentile=95, spacing=spacing
+                )[0, 0]
+            )
+            nsd = float(
+                compute_surface_dice(
+                    p, t, [tolerance_mm], include_background=False, spacing=spacing
+                )[0, 0]
+            )
     else:
         hd95, nsd = float("nan"), 0.0
     vox = float(np.prod(spacing))
