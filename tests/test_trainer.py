@@ -315,3 +315,25 @@ def test_divergence_and_lambda_mismatch_are_user_errors(toy, tmp_path):
     cfg = {"model": "miff_spm", "model_options": {"mtl_lambda": 0.25}, "mtl_lambda": 0.5}
     with pytest.raises(ConfigError, match="mtl_lambda=0.25"):
         make_trainer(cfg, toy, tmp_path / "b", tensorboard=False).fit()
+
+
+def test_selection_by_auc_dice_or_loss():
+    from liverphase.train.recipe import selection_score
+
+    rec = {"epoch": 3, "val_loss": 0.5, "val_auc": 0.8, "val_dice": 0.7}
+    assert selection_score(rec, "auc", True) == [0.8, -0.5]
+    assert selection_score(rec, "dice", True) == [0.7, -0.5]
+    assert selection_score(rec, "loss", True) == [-0.5]
+    # a classifier has no val_dice, an undefined AUC is NaN: both fall back to the loss
+    assert selection_score({**rec, "val_auc": math.nan}, "auc", True) == [-0.5]
+    assert selection_score({"epoch": 3, "val_loss": 0.5, "val_auc": 0.8}, "dice", True) == [-0.5]
+    assert selection_score(rec, "dice", False) == [3.0]
+    with pytest.raises(ConfigError, match="select_metric"):
+        TrainConfig.from_dict({"select_metric": "f1"})
+
+
+def test_segmenting_model_selected_by_validation_dice(toy, tmp_path):
+    cfg = {"model": "tiny_seg_test_model", "epochs": 3, "lr": 0.05, "select_metric": "dice"}
+    result = make_trainer(cfg, toy, tmp_path, tensorboard=False).fit()
+    dice = [r["val_dice"] for r in result["history"]]
+    assert result["best_epoch"] == 1 + int(np.argmax(dice))

@@ -12,7 +12,7 @@ from liverphase.errors import ConfigError
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("step", "cosine", "none")
 CLASS_WEIGHTS = ("none", "balanced")
-SELECT_METRICS = ("auc", "loss")
+SELECT_METRICS = ("auc", "dice", "loss")
 AMP_MODES = ("auto", "off")
 
 

@@ -141,12 +141,14 @@ def class_weights(
 
 
 def selection_score(record: dict[str, Any], select_metric: str, has_val: bool) -> list[float]:
-    """Model-selection key, larger is better: (AUC, −loss), or −loss when AUC is undefined or not
-    chosen; without validation cases the epoch number (the last epoch is kept)."""
+    """Model-selection key, larger is better: (AUC, −loss) or (Dice, −loss) when chosen and defined
+    (Dice only for models that segment), else −loss; without validation cases the epoch number (the
+    last epoch is kept)."""
     if not has_val:
         return [float(record["epoch"])]
-    if select_metric == "auc" and math.isfinite(record["val_auc"]):
-        return [record["val_auc"], -record["val_loss"]]
+    chosen = {"auc": "val_auc", "dice": "val_dice"}.get(select_metric)
+    if chosen and math.isfinite(record.get(chosen, math.nan)):
+        return [record[chosen], -record["val_loss"]]
     return [-record["val_loss"]]
 
 
