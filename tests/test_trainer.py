@@ -255,6 +255,9 @@ def test_mask_dice_known_answers():
     dice = mask_dice(logits, mask, torch.tensor([True, True, False]))
     assert dice[0] == pytest.approx(0.5) and dice[1] == 1.0 and math.isnan(dice[2])
     assert mask_dice(None, mask, torch.tensor([True] * 3)) is None
+    # a one-channel (sigmoid) head: logit > 0 is lesion
+    one = logits[:, 1:] - logits[:, :1]
+    assert mask_dice(one, mask, torch.tensor([True, True, False]))[0] == pytest.approx(0.5)
 
 
 def test_val_metrics_match_sklearn_definitions():

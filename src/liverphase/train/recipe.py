@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from liverphase.errors import ConfigError
 from liverphase.models.registry import ModelOutput, MultiPhaseModel, create_model
+from liverphase.models.tta import lesion_probability
 from liverphase.train.config import TrainConfig
 
 
@@ -88,7 +89,7 @@ def mask_dice(
     segmentation."""
     if seg_logits is None:
         return None
-    pred = seg_logits.argmax(1).flatten(1) > 0
+    pred = lesion_probability(seg_logits).flatten(1) > 0.5
     truth = mask.flatten(1).to(pred.device) > 0
     inter = (pred & truth).sum(1).double()
     total = (pred.sum(1) + truth.sum(1)).double()
