@@ -16,8 +16,8 @@ from liverphase.errors import ConfigError, DatasetError
 from liverphase.evaluate.cv import cached_items
 from liverphase.evaluate.kinetics_baseline import kinetics_baseline_cv
 from liverphase.evaluate.report import COMPARISON_COLUMNS, comparison_table, markdown_table
-from liverphase.evaluate.segmentation import read_segmentation_csv
-from liverphase.evaluate.stats import mean_ci, paired_bootstrap_p
+from liverphase.evaluate.segmentation import pooled_segmentation, read_segmentation_csv
+from liverphase.evaluate.stats import paired_bootstrap_p
 from liverphase.io.nifti import NnUNetDataset, open_dataset
 from liverphase.models.blocks import count_parameters
 from liverphase.models.registry import create_model
@@ -165,27 +165,23 @@ def segmentation_comparison(
 ) -> dict[str, dict[str, Any]]:
     """Label → mean Dice, HD95, surface Dice with patient-bootstrap CIs, and a paired p of the Dice
     difference against `reference` (patient bootstrap), for the runs that wrote segmentation.csv."""
-    per_case: dict[str, dict[str, np.ndarray]] = {}
+    tables: dict[str, dict[str, dict[str, float]]] = {}
     for label, run in runs.items():
         path = Path(run) / "segmentation.csv"
         if not path.is_file():
             continue
-        table = read_segmentation_csv(path)
-        missing = [c for c in case_ids if c not in table]
+        tables[label] = read_segmentation_csv(path)
+        missing = [c for c in case_ids if c not in tables[label]]
         if missing:
             raise DatasetError(f"run {label!r} has no segmentation metrics for {missing[:3]}", path)
-        per_case[label] = {
-            k: np.array([table[c][k] for c in case_ids]) for k in ("dice", "hd95", "surface_dice")
-        }
     g = np.asarray(groups)
     out: dict[str, dict[str, Any]] = {}
-    for label, values in per_case.items():
-        row: dict[str, Any] = {}
-        for key, vals in values.items():
-            mean, ci = mean_ci(vals, g, n_boot, seed)
-            row[key], row[f"{key}_ci"] = mean, [ci[0], ci[1]]
-        if label != reference and reference in per_case:
-            diff = values["dice"] - per_case[reference]["dice"]
+    for label, table in tables.items():
+        # the same pooling as the run's metrics.json, so the reference row repeats its figures
+        rows = [{"patient_id": p, **table[c]} for c, p in zip(case_ids, groups, strict=True)]
+        row = pooled_segmentation(rows, n_boot, seed, keys=("dice", "hd95", "surface_dice"))
+        if label != reference and reference in tables:
+            diff = np.array([table[c]["dice"] - tables[reference][c]["dice"] for c in case_ids])
             row["dice_p"] = paired_bootstrap_p(diff, g, n_boot, seed)
         out[label] = row
     return out

@@ -123,16 +123,24 @@ def read_segmentation_csv(path: str | Path) -> dict[str, dict[str, float]]:
         return out
 
 
-def pooled_segmentation(rows: Sequence[dict[str, Any]], n_boot: int = 1000) -> dict[str, Any]:
+POOLED_KEYS = ("dice", "hd95", "surface_dice", "volume_error")
+
+
+def pooled_segmentation(
+    rows: Sequence[dict[str, Any]],
+    n_boot: int = 1000,
+    seed: int = 0,
+    keys: Sequence[str] = POOLED_KEYS,
+) -> dict[str, Any]:
     """Mean Dice, HD95, surface Dice and volume error over cases (NaN skipped) with patient-bootstrap
     CIs, as `metrics.json` pools them (`dice`, `dice_ci`, ...)."""
     groups = np.array([r["patient_id"] for r in rows])
     out: dict[str, Any] = {}
-    for key in ("dice", "hd95", "surface_dice", "volume_error"):
+    for key in keys:
         vals = np.array([r[key] for r in rows], dtype=float)
         ok = np.isfinite(vals)
         if ok.any():
-            mean, ci = mean_ci(vals[ok], groups[ok], n_boot)
+            mean, ci = mean_ci(vals[ok], groups[ok], n_boot, seed)
             out[key], out[f"{key}_ci"] = float(mean), [float(ci[0]), float(ci[1])]
     return out
 

@@ -27,7 +27,7 @@ from liverphase.data.augment import Augmenter
 from liverphase.data.dataset import CachedStudyDataset
 from liverphase.errors import ConfigError
 from liverphase.models.registry import ModelOutput, MultiPhaseModel
-from liverphase.models.tta import predict_with_flips
+from liverphase.models.tta import lesion_probability, predict_with_flips
 from liverphase.train.bundle import save_bundle, state_tensors
 from liverphase.train.config import TrainConfig
 from liverphase.train.distributed import barrier, gather_objects, is_main, rank_world
@@ -297,14 +297,17 @@ class Trainer:
                     p, seg = torch.softmax(out.logits.float(), dim=1), out.seg_logits
                 probs = p.cpu().numpy()
                 dice = mask_dice(seg, batch["mask"], batch["has_mask"]) if with_loss else None
+                found = (
+                    (lesion_probability(seg) > 0.5).to(torch.uint8).cpu().numpy()
+                    if with_masks and seg is not None
+                    else None
+                )
                 for i, idx in enumerate(batch["index"].tolist()):
                     loss = math.nan
                     if with_loss and out is not None:
                         one = {k: v[i : i + 1] for k, v in batch.items() if torch.is_tensor(v)}
                         loss = float(self._loss(slice_output(out, i), one))
-                    mask = None
-                    if with_masks and seg is not None:
-                        mask = seg[i].argmax(0).to(torch.uint8).cpu().numpy()
+                    mask = found[i] if found is not None else None
                     records.append((idx, probs[i], loss, mask, dice[i] if dice else math.nan))
         model.train(was_training)
         merged = {r[0]: r for part in gather_objects(records) for r in part}  # drops padding
