@@ -299,6 +299,18 @@ def test_cv_of_a_segmenting_model_writes_per_case_dice_and_compare_tests_it(
     assert all(float(r["true_volume_ml"]) > 0 for r in seg)
     report = (runs["mean"] / "report.md").read_text()
     assert "## Segmentation" in report and "True volume (ml)" in report
+    # the same predictions on each study's own grid, as predict writes the mask
+    with open(runs["mean"] / "segmentation_study.csv", newline="") as fh:
+        study = list(csv.DictReader(fh))
+    assert [r["case_id"] for r in study] == [r["case_id"] for r in seg]
+    study_dice = [float(r["dice"]) for r in study]
+    assert pooled["study_dice"] == pytest.approx(sum(study_dice) / len(study_dice))
+    assert pooled["study_dice_ci"][0] <= pooled["study_dice"] <= pooled["study_dice_ci"][1]
+    # true volumes agree across grids (the crop grid resamples the label map: within 35%)
+    for crop_row, study_row in zip(seg, study, strict=True):
+        ratio = float(crop_row["true_volume_ml"]) / float(study_row["true_volume_ml"])
+        assert 0.65 < ratio < 1.35
+    assert "### On the study grid" in report and "Dice, study grid" in report
     out_dir = tmp_path / "cmp"
     _ok(["compare", *(str(r) for r in runs.values()), "--data", str(cohort), "--out", str(out_dir)])
     rows = {r["model"]: r for r in json.loads((out_dir / "comparison.json").read_text())}
@@ -319,6 +331,7 @@ def test_cv_of_a_segmenting_model_writes_per_case_dice_and_compare_tests_it(
     assert ev_pooled["dice"] == pytest.approx(sum(ev_dice) / 12)
     assert ev_pooled["dice_ci"][0] <= ev_pooled["dice"] <= ev_pooled["dice_ci"][1]
     assert "## Segmentation" in (ev / "report.md").read_text()
+    assert (ev / "segmentation_study.csv").is_file() and "study_dice" in ev_pooled
 
 
 def test_train_writes_a_bundle_over_all_cases(

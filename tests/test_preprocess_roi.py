@@ -24,6 +24,7 @@ from liverphase.preprocess.roi import (
     frame_of,
     grid_for_box,
     jitter_box,
+    lesion_mask_on_reference,
 )
 from test_preprocess_phantom import phantom_study
 
@@ -168,6 +169,21 @@ def test_map_back_to_reference_grid(study: Study) -> None:
     ones = map_to_reference(np.ones(out.mask.shape, np.float32), out.meta, study.reference)
     inside = sitk.GetArrayFromImage(ones)
     assert inside.max() == pytest.approx(1.0) and (inside > 0).sum() < inside.size / 4
+
+
+def test_lesion_probability_maps_back_as_predict_writes_it(study: Study) -> None:
+    out = preprocess_study(study, PreprocessConfig(**{**SMALL, "size": (32, 64, 64)}))
+    prob = out.mask.astype(np.float32)
+    truth = sitk.GetArrayFromImage(study.mask) > 0
+    back = lesion_mask_on_reference(prob, out.meta["crop"], study.reference)
+    assert back.shape == truth.shape and back.dtype == np.uint8
+    assert 2 * (back.astype(bool) & truth).sum() / (back.sum() + truth.sum()) > 0.9
+    # a spurious blob in a crop corner is dropped (largest component), and probabilities of
+    # 0.4 are below the threshold however they resample
+    noisy = prob.copy()
+    noisy[:3, :3, :3] = 1.0
+    assert (lesion_mask_on_reference(noisy, out.meta["crop"], study.reference) == back).all()
+    assert not lesion_mask_on_reference(0.4 * prob, out.meta["crop"], study.reference).any()
 
 
 def test_crop_to_points_and_smoothing(study: Study) -> None:

@@ -36,6 +36,20 @@ def test_shifted_box_known_dice_and_distance() -> None:
     assert r["volume_error"] == pytest.approx(0.0)
 
 
+def test_metrics_around_the_masks_equal_whole_scan_metrics() -> None:
+    from liverphase.evaluate.segmentation import _around
+
+    rng = np.random.default_rng(0)
+    a = _box((30, 40, 50), (5, 8, 10), (15, 20, 25))
+    b = _box((30, 40, 50), (7, 9, 12), (18, 24, 27))
+    b[20, 30, 40] = 1  # a stray voxel far off: it must stay inside the window
+    spacing = tuple(rng.uniform(0.6, 3.0, 3))
+    whole = segmentation_metrics(b, a, spacing)
+    box = _around(b, a)
+    assert b[box].sum() == b.sum() and a[box].sum() == a.sum()
+    assert segmentation_metrics(b[box], a[box], spacing) == pytest.approx(whole)
+
+
 def test_empty_prediction() -> None:
     a = _box((8, 8, 8), (2, 2, 2), (6, 6, 6))
     r = segmentation_metrics(np.zeros_like(a), a, (1, 1, 1))

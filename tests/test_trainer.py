@@ -228,15 +228,17 @@ def test_segmenting_model_trains_with_the_joint_loss_and_predicts_masks(toy, tmp
     trainer = make_trainer(cfg, toy, tmp_path, tensorboard=False)
     result = trainer.fit()
     assert trainer.segments and all(math.isfinite(r["val_loss"]) for r in result["history"])
-    probs, masks = trainer.predict(toy[1][:3], return_masks=True)
-    assert probs.shape == (3, 2) and len(masks) == 3
-    assert masks[0].shape == (8, 16, 16) and masks[0].dtype == np.uint8
-    # The logged validation Dice is the mean Dice of the selected model's masks on the val items.
-    _, val_masks = trainer.predict(toy[1], return_masks=True)
+    probs, lesion = trainer.predict(toy[1][:3], return_lesion_prob=True)
+    assert probs.shape == (3, 2) and len(lesion) == 3
+    assert lesion[0].shape == (8, 16, 16) and lesion[0].dtype == np.float32
+    assert 0.0 <= lesion[0].min() and lesion[0].max() <= 1.0
+    # The logged validation Dice is the mean Dice of the selected model's masks (lesion
+    # probability > 0.5) on the val items.
+    _, val_lesion = trainer.predict(toy[1], return_lesion_prob=True)
     dice = []
-    for item, pred in zip(toy[1], val_masks, strict=True):
-        truth = np.load(item["mask"]) > 0
-        dice.append(2 * (truth & (pred > 0)).sum() / (truth.sum() + (pred > 0).sum()))
+    for item, prob in zip(toy[1], val_lesion, strict=True):
+        truth, pred = np.load(item["mask"]) > 0, prob > 0.5
+        dice.append(2 * (truth & pred).sum() / (truth.sum() + pred.sum()))
     best = result["best"]
     assert 0.0 <= best["val_dice"] <= 1.0
     assert best["val_dice"] == pytest.approx(np.mean(dice), abs=1e-9)

@@ -15,12 +15,7 @@ from liverphase.data.splits import inner_validation_split, patient_folds, write_
 from liverphase.errors import ConfigError
 from liverphase.evaluate.predictions import Predictions
 from liverphase.evaluate.report import write_cv_report
-from liverphase.evaluate.segmentation import (
-    pooled_segmentation,
-    segmentation_section,
-    segmentation_summary,
-    write_segmentation_csv,
-)
+from liverphase.evaluate.segmentation import evaluate_segmentation
 from liverphase.io.nifti import NnUNetDataset, open_dataset
 from liverphase.models.registry import create_model, model_info
 from liverphase.preprocess.cache import PreprocessCache, preprocess_dataset
@@ -183,7 +178,7 @@ def run_cv(
     cache_dir = Path(cache_root) if cache_root else out / "cache"
     items = cached_items(ds, cache_dir, exp.preprocess, workers, progress)
     write_splits(out / "splits.json", fold_list)
-    case_fold, probs_by_case, seg_rows = {}, {}, []
+    case_fold, probs_by_case, lesion_by_case = {}, {}, {}
     for k, fold in enumerate(fold_list):
         trainer = _fit_fold(
             exp,
@@ -197,8 +192,8 @@ def run_cv(
         )
         test_items = [items[c] for c in fold["test"]]
         if model_info(exp.model)["segments"]:
-            probs, masks = trainer.predict(test_items, return_masks=True)
-            seg_rows += segmentation_summary(test_items, masks, fold=k)
+            probs, lesion = trainer.predict(test_items, return_lesion_prob=True)
+            lesion_by_case.update(zip(fold["test"], lesion, strict=True))
         else:
             probs = trainer.predict(test_items)
         for c, p in zip(fold["test"], probs, strict=True):
@@ -213,9 +208,15 @@ def run_cv(
         probs=np.stack([probs_by_case[c] for c in order]),
         class_names=exp.class_names,
     )
-    extra = pooled_segmentation(seg_rows, n_boot) if seg_rows else None
-    if seg_rows:
-        write_segmentation_csv(out / "segmentation.csv", seg_rows)
+    seg_ids = [c for c in order if c in lesion_by_case]
+    extra, sections = evaluate_segmentation(
+        out,
+        ds,
+        [items[c] for c in seg_ids],
+        [lesion_by_case[c] for c in seg_ids],
+        [case_fold[c] for c in seg_ids],
+        n_boot,
+    )
     metrics = write_cv_report(
         out,
         preds,
@@ -225,7 +226,7 @@ def run_cv(
         seed=seed,
         n_boot=n_boot,
         extra_pooled=extra,
-        sections=[segmentation_section(seg_rows)] if seg_rows else (),
+        sections=sections,
     )
     run_info = {
         "model": exp.model,
@@ -239,7 +240,7 @@ def run_cv(
         "seconds": round(time.perf_counter() - start, 1),
     }
     atomic_write_json(out / "run.json", run_info)
-    return {"metrics": metrics, "predictions": preds, "run": run_info, "seg_rows": seg_rows}
+    return {"metrics": metrics, "predictions": preds, "run": run_info}
 
 
 def run_train(

@@ -19,12 +19,7 @@ from liverphase.errors import BundleError, DatasetError
 from liverphase.evaluate.cv import cached_items
 from liverphase.evaluate.predictions import Predictions
 from liverphase.evaluate.report import write_cv_report
-from liverphase.evaluate.segmentation import (
-    pooled_segmentation,
-    segmentation_section,
-    segmentation_summary,
-    write_segmentation_csv,
-)
+from liverphase.evaluate.segmentation import evaluate_segmentation
 from liverphase.io.nifti import open_dataset
 from liverphase.models.tta import lesion_probability, predict_with_flips
 from liverphase.preprocess.config import PreprocessConfig
@@ -129,13 +124,10 @@ def evaluate_run(
     )
     seg_pooled, sections = None, []
     if lesion_sum is not None:
-        masks = [(m / len(bundles) > 0.5).astype(np.uint8) for m in lesion_sum]
-        seg_rows = segmentation_summary([items[c] for c in ids], masks)
-        if seg_rows:
-            out.mkdir(parents=True, exist_ok=True)
-            write_segmentation_csv(out / "segmentation.csv", seg_rows)
-            seg_pooled = pooled_segmentation(seg_rows, n_boot)
-            sections = [segmentation_section(seg_rows)]
+        lesion = [m / len(bundles) for m in lesion_sum]
+        seg_pooled, sections = evaluate_segmentation(
+            out, ds, [items[c] for c in ids], lesion, n_boot=n_boot
+        )
     metrics = write_cv_report(
         out,
         preds,

@@ -42,6 +42,10 @@ METRIC_NAMES = {
     "hd95": "HD95 (mm)",
     "surface_dice": "Surface Dice (2 mm)",
     "volume_error": "Volume error (relative)",
+    "study_dice": "Dice, study grid",
+    "study_hd95": "HD95 (mm), study grid",
+    "study_surface_dice": "Surface Dice (2 mm), study grid",
+    "study_volume_error": "Volume error, study grid",
 }
 
 

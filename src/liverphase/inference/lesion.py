@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from liverphase.errors import GeometryError
 from liverphase.preprocess.geometry import to_canonical
+from liverphase.preprocess.roi import largest_component
+
+__all__ = ["largest_component"]  # re-exported: the predictor's whole-scan pass uses it
 
 Box6 = tuple[int, int, int, int, int, int]
 BBOX_UNITS = ("mm", "voxel")
@@ -102,15 +104,6 @@ def enlarge_box(box: Box6, factor: float) -> Box6:
     new_lo = np.floor(centre - half + 1e-6).astype(int)
     new_hi = np.ceil(centre + half - 1e-6).astype(int)
     return tuple(int(v) for v in (*new_lo, *new_hi))  # type: ignore[return-value]
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a binary mask (empty stays empty)."""
-    labels, n = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        return labels > 0
-    sizes = np.bincount(labels.ravel())[1:]
-    return labels == (int(np.argmax(sizes)) + 1)
 
 
 def conform_mask(mask: sitk.Image, reference: sitk.Image) -> tuple[sitk.Image, str | None]:

@@ -52,6 +52,7 @@ from liverphase.io.study import Study
 from liverphase.models.tta import lesion_probability, predict_with_flips
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.preprocess.pipeline import PreprocessedStudy, map_to_reference, preprocess_study
+from liverphase.preprocess.roi import lesion_mask_on_reference
 from liverphase.train.bundle import load_bundle
 
 
@@ -148,9 +149,8 @@ class Predictor:
         files: dict[str, Path] = {}
         pred_mask = None
         if seg_prob is not None:
-            prob_ref = sitk.GetArrayFromImage(map_to_reference(seg_prob, pre.meta, reference))
             pred_mask = image_on_grid(
-                lesion.largest_component(prob_ref > 0.5).astype(np.uint8), reference
+                lesion_mask_on_reference(seg_prob, pre.meta["crop"], reference), reference
             )
             if not sitk.GetArrayViewFromImage(pred_mask).any():
                 warnings.append("the model segmented no lesion voxel in the crop")

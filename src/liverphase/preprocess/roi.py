@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from liverphase.errors import GeometryError
 from liverphase.preprocess.geometry import corner_points, resample_like, to_canonical
@@ -232,3 +233,30 @@ def to_reference_grid(
     img.SetSpacing(grid.spacing)
     img.SetDirection(grid.direction)
     return resample_like(img, reference, interpolator=interpolator, default=default)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a binary mask (empty stays empty)."""
+    labels, n = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == (int(np.argmax(sizes)) + 1)
+
+
+def lesion_mask_on_reference(
+    probability: np.ndarray,
+    grid: CropGrid | dict[str, Any],
+    reference: sitk.Image,
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """The lesion mask (D, H, W uint8 on the reference grid) from a crop-grid lesion probability.
+
+    The probability is resampled linearly before thresholding (a nearest-neighbour label map would
+    come back blocky from the coarse crop grid), then only the largest component is kept: the box
+    holds one lesion. `predict` and the study-grid metrics of `cv`/`evaluate` share this.
+    """
+    prob = sitk.GetArrayFromImage(
+        to_reference_grid(np.asarray(probability, np.float32), grid, reference, "linear")
+    )
+    return largest_component(prob > threshold).astype(np.uint8)

@@ -275,7 +275,7 @@ class Trainer:
     def _evaluate(
         self, dataset: CachedStudyDataset, with_loss: bool = False, with_masks: bool = False
     ) -> tuple[dict[str, float], np.ndarray, list[np.ndarray] | None]:
-        """Metrics, probabilities (N, K) in item order, and predicted masks, gathered over ranks."""
+        """Metrics, probabilities (N, K) in item order, and lesion probabilities, gathered over ranks."""
         if self.model is None:
             raise RuntimeError("Trainer.predict needs a trained model: call fit() first")
         model = self.model
@@ -298,7 +298,7 @@ class Trainer:
                 probs = p.cpu().numpy()
                 dice = mask_dice(seg, batch["mask"], batch["has_mask"]) if with_loss else None
                 found = (
-                    (lesion_probability(seg) > 0.5).to(torch.uint8).cpu().numpy()
+                    lesion_probability(seg).float().cpu().numpy()
                     if with_masks and seg is not None
                     else None
                 )
@@ -323,14 +323,15 @@ class Trainer:
         return metrics, probs, masks
 
     def predict(
-        self, items: Sequence[dict[str, Any]], return_masks: bool = False
+        self, items: Sequence[dict[str, Any]], return_lesion_prob: bool = False
     ) -> np.ndarray | tuple[np.ndarray, list[np.ndarray | None]]:
-        """Class probabilities (N, K) in the order of `items` (and predicted masks if asked)."""
+        """Class probabilities (N, K) in the order of `items` (and each lesion probability map,
+        float32 on the crop grid, None without a segmentation head, if asked)."""
         labelled = [{**it, "label": it.get("label") or self.class_names[0]} for it in items]
         index = {c: i for i, c in enumerate(self.class_names)}
         dataset = CachedStudyDataset(labelled, index, None, seed=self.config.seed)
-        _, probs, masks = self._evaluate(dataset, with_masks=return_masks)
-        return (probs, masks) if return_masks else probs
+        _, probs, lesion = self._evaluate(dataset, with_masks=return_lesion_prob)
+        return (probs, lesion) if return_lesion_prob else probs
 
     # ------------------------------------------------------ selection, I/O
     def _update_selection(
