@@ -319,6 +319,11 @@ def test_cv_of_a_segmenting_model_writes_per_case_dice_and_compare_tests_it(
         json.loads((runs["transformer"] / "metrics.json").read_text())["pooled"]["dice"]
     )
     assert "dice_p" not in first and 0.0 <= second["dice_p"] <= 1.0
+    assert first["study_dice"] == pytest.approx(
+        json.loads((runs["transformer"] / "metrics.json").read_text())["pooled"]["study_dice"]
+    )
+    assert 0.0 <= second["study_dice_p"] <= 1.0
+    assert "Dice, study grid (95% CI)" in (out_dir / "comparison.md").read_text()
     assert rows["kinetics (logistic regression)"].get("dice") is None
     assert "Dice (95% CI)" in (out_dir / "comparison.md").read_text()
     # evaluate: the fold bundles' mean lesion probability, thresholded, scored per case

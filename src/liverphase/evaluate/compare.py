@@ -33,11 +33,20 @@ SEGMENTATION_COLUMNS = [
 ]
 
 
+STUDY_GRID_COLUMNS = [
+    ("study_dice", "Dice, study grid (95% CI)", "ci"),
+    ("study_dice_p", "Dice p, study grid", "p"),
+    ("study_hd95", "HD95 mm, study grid (95% CI)", "ci"),
+]
+
+
 def table_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, Any]]:
-    """COLUMNS, with the segmentation columns inserted when any row has a Dice."""
-    if not any(r.get("dice") is not None for r in rows):
-        return COLUMNS
-    return [*COMPARISON_COLUMNS, *SEGMENTATION_COLUMNS, *COLUMNS[len(COMPARISON_COLUMNS) :]]
+    """COLUMNS, with the segmentation columns inserted when any row has a Dice (and the study-grid
+    ones when any row has a study-grid Dice)."""
+    seg = [*SEGMENTATION_COLUMNS] if any(r.get("dice") is not None for r in rows) else []
+    if any(r.get("study_dice") is not None for r in rows):
+        seg += STUDY_GRID_COLUMNS
+    return [*COMPARISON_COLUMNS, *seg, *COLUMNS[len(COMPARISON_COLUMNS) :]]
 
 
 def oof_probs(run: Path) -> tuple[list[str], np.ndarray]:
@@ -149,9 +158,13 @@ def compare_runs(
     groups = [items[c]["patient_id"] for c in case_ids]
     rows = comparison_table(models, y, groups, reference, ds.class_names, n_boot=n_boot, seed=seed)
     seg = segmentation_comparison(runs, reference, case_ids, groups, n_boot, seed)
+    study = segmentation_comparison(
+        runs, reference, case_ids, groups, n_boot, seed, "segmentation_study.csv"
+    )
     for row in rows:
         row.update(extra[row["model"]])
         row.update(seg.get(row["model"], {}))
+        row.update({f"study_{k}": v for k, v in study.get(row["model"], {}).items()})
     return rows
 
 
@@ -162,12 +175,14 @@ def segmentation_comparison(
     groups: Sequence[str],
     n_boot: int = 1000,
     seed: int = 0,
+    filename: str = "segmentation.csv",
 ) -> dict[str, dict[str, Any]]:
     """Label → mean Dice, HD95, surface Dice with patient-bootstrap CIs, and a paired p of the Dice
-    difference against `reference` (patient bootstrap), for the runs that wrote segmentation.csv."""
+    difference against `reference` (patient bootstrap), for the runs that wrote `filename`
+    (segmentation.csv: crop grid; segmentation_study.csv: each study's own grid)."""
     tables: dict[str, dict[str, dict[str, float]]] = {}
     for label, run in runs.items():
-        path = Path(run) / "segmentation.csv"
+        path = Path(run) / filename
         if not path.is_file():
             continue
         tables[label] = read_segmentation_csv(path)
