@@ -195,3 +195,38 @@ def test_options_are_checked() -> None:
         make(temporal_scales=6)
     with pytest.raises(ValueError, match="divisible by 16"):
         make(p=3)(torch.randn(1, 3, 1, 16, 32, 24))
+
+
+def test_region_enhancement_reads_core_rim_and_surround() -> None:
+    from liverphase.models.heads import REGION_SCALE, region_enhancement
+
+    prob = torch.zeros(1, 1, 8, 16, 16)
+    prob[..., 2:6, 4:12, 4:12] = 1.0
+    x = torch.full((1, 2, 1, 8, 16, 16), 0.5)
+    x[0, 1, 0, 2:6, 4:12, 4:12] = 0.6  # phase 1: rim +0.1 above the parenchyma
+    x[0, 1, 0, 3:5, 5:11, 5:11] = 0.8  # core +0.3
+    x[0, 1] += 0.05  # the whole phase brighter: only differences to its parenchyma count
+    feats = region_enhancement(x, prob).view(2, 3)
+    want = torch.tensor([[0.0, 0.0, -0.025], [0.3, 0.1, 0.025]]) * REGION_SCALE
+    torch.testing.assert_close(feats, want, atol=1e-4, rtol=0)
+    # an absent phase contributes zeros and leaves the others' parenchyma level alone
+    absent = region_enhancement(x, prob, torch.tensor([[True, False]])).view(2, 3)
+    torch.testing.assert_close(absent, torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("name", ["std_net", "unet_channels"])
+def test_region_kinetics_head_adds_features_and_trains(name: str) -> None:
+    kwargs = {"scales": 3} if name == "std_net" else {}
+    plain = make(name, p=2, region_kinetics=False, **kwargs)
+    model = make(name, p=2, region_kinetics=True, **kwargs)
+    x = inputs(p=2)
+    out = model(x)
+    assert out.features.shape[1] == plain(x).features.shape[1] + 3 * 2 * 1
+    out.logits.sum().backward()
+    assert model.head.fc.weight.grad is not None and model.head.fc.weight.grad.abs().sum() > 0
+    # the region reading depends on the input's intensities, not only on deep features
+    model.eval()
+    with torch.no_grad():
+        a = model(x).features[:, -6:]
+        b = model(x + 0.3 * (torch.arange(2).view(1, 2, 1, 1, 1, 1) == 1)).features[:, -6:]
+    assert not torch.allclose(a, b)

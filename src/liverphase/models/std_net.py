@@ -38,7 +38,11 @@ Pipeline for x (B, P, C, D, H, W) with D, H, W divisible by 2^(scales − 1):
    to 1) — concatenated into `features` (B, 2·C_deep), dropout, linear → `logits` (B, K).
    `lesion_pool=False` keeps the global average only. The probability is detached there, so the class
    loss cannot bend the mask toward what helps classification; the mask is learned from the Dice+CE
-   term alone. `phase_logits` is None.
+   term alone. `phase_logits` is None. `region_kinetics=True` (ours, off by default) also reads the
+   model's own input through that probability: mean intensity of lesion core, rim and surrounding
+   parenchyma per phase and window (`models.heads.region_enhancement`), appended to the features —
+   the ROI reading of a radiologist and of the kinetics baseline, given to the head rather than
+   learned from a few dozen cases.
 
 Missing phases: `forward(x, phase_mask)` with a bool (B, P), True = present (None = all present; an
 all-True mask is the same as None). Absent phases are dropped from every fusion: they are masked keys
@@ -72,6 +76,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.utils.checkpoint import checkpoint
 
+from liverphase.models.heads import LesionPooledHead
 from liverphase.models.registry import ModelOutput, MultiPhaseModel, register_model
 
 TEMPORAL_MODES = ("transformer", "gru", "mean", "concat")
@@ -200,30 +205,6 @@ class TemporalFusion(nn.Module):
         return delta.view(b, p, c, *size)
 
 
-class LesionPooledHead(nn.Module):
-    """Global-average and lesion-probability-weighted pooling of deep features → features, logits."""
-
-    def __init__(self, channels: int, num_classes: int, lesion_pool: bool, dropout: float):
-        super().__init__()
-        self.lesion_pool = lesion_pool
-        self.out_features = channels * (2 if lesion_pool else 1)
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(self.out_features, num_classes)
-
-    def forward(
-        self, deep: torch.Tensor, seg_logits: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Deep (B, C, d, h, w), seg logits (B, 2, D, H, W) → features (B, F), logits (B, K)."""
-        pooled = [deep.mean(dim=(2, 3, 4))]
-        if self.lesion_pool:
-            prob = seg_logits.detach().softmax(dim=1)[:, 1:2]
-            w = F.adaptive_avg_pool3d(prob, deep.shape[2:])
-            w = w / (w.sum(dim=(2, 3, 4), keepdim=True) + 1e-6)
-            pooled.append((deep * w).sum(dim=(2, 3, 4)))
-        features = torch.cat(pooled, dim=1)
-        return features, self.fc(self.dropout(features))
-
-
 class PhaseEncoder(nn.Module):
     """Shared 3D residual encoder: (N, C, D, H, W) → one feature map per level, full res first."""
 
@@ -283,6 +264,7 @@ class StdNet(MultiPhaseModel):
         dropout: float = 0.0,
         scales: int = 5,
         lesion_pool: bool = True,
+        region_kinetics: bool = False,
         checkpointing: bool = False,
         **unused: Any,
     ) -> None:
@@ -317,7 +299,8 @@ class StdNet(MultiPhaseModel):
             for k in reversed(range(scales - 1))
         )
         self.seg_out = UnetOutBlock(3, widths[0], 2)
-        self.head = LesionPooledHead(widths[-1], num_classes, lesion_pool, dropout)
+        regions = p * in_channels if region_kinetics else 0
+        self.head = LesionPooledHead(widths[-1], num_classes, lesion_pool, dropout, regions)
 
     def forward(self, x: torch.Tensor, phase_mask: torch.Tensor | None = None) -> ModelOutput:
         """x (B, P, C, D, H, W), optional presence mask (B, P) → logits, seg_logits, features."""
@@ -333,7 +316,7 @@ class StdNet(MultiPhaseModel):
         for up, skip in zip(self.decoder, reversed(fused[:-1]), strict=True):
             h = up(h, skip)
         seg_logits = self.seg_out(h)
-        features, logits = self.head(fused[-1], seg_logits)
+        features, logits = self.head(fused[-1], seg_logits, x, mask)
         return ModelOutput(logits=logits, features=features, seg_logits=seg_logits)
 
 
@@ -369,6 +352,7 @@ class UNetChannels(MultiPhaseModel):
         base_channels: int = 16,
         lesion_pool: bool = True,
         dropout: float = 0.0,
+        region_kinetics: bool = False,
         **unused: Any,
     ) -> None:
         reject_unknown_options("unet_channels", unused)
@@ -379,7 +363,8 @@ class UNetChannels(MultiPhaseModel):
         )
         inner = [m for m in self.unet.modules() if isinstance(m, SkipConnection)][-1]
         inner.submodule = _Tap(inner.submodule)
-        self.head = LesionPooledHead(widths[-1], num_classes, lesion_pool, dropout)
+        regions = len(self.phases) * in_channels if region_kinetics else 0
+        self.head = LesionPooledHead(widths[-1], num_classes, lesion_pool, dropout, regions)
 
     def forward(self, x: torch.Tensor, phase_mask: torch.Tensor | None = None) -> ModelOutput:
         """x (B, P, C, D, H, W), optional presence mask (B, P) → logits, seg_logits, features."""
@@ -390,5 +375,5 @@ class UNetChannels(MultiPhaseModel):
         seg_logits = self.unet(x.flatten(1, 2))
         tap = next(m for m in self.unet.modules() if isinstance(m, _Tap))
         deep, tap.output = tap.output, None
-        features, logits = self.head(deep, seg_logits)
+        features, logits = self.head(deep, seg_logits, x, mask)
         return ModelOutput(logits=logits, features=features, seg_logits=seg_logits)
