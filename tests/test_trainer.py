@@ -342,3 +342,28 @@ def test_segmenting_model_selected_by_validation_dice(toy, tmp_path):
     result = make_trainer(cfg, toy, tmp_path, tensorboard=False).fit()
     dice = [r["val_dice"] for r in result["history"]]
     assert result["best_epoch"] == 1 + int(np.argmax(dice))
+
+
+def test_phase_shift_augmentation_keeps_the_reference_phase_on_its_mask(toy, tmp_path):
+    only_shift = {
+        "flip_prob": 0.0,
+        "rotate_prob": 0.0,
+        "intensity_prob": 0.0,
+        "noise_prob": 0.0,
+        "phase_shift_prob": 1.0,
+        "phase_shift_voxels": 2,
+    }
+    cfg = {"epochs": 1, "augment_params": only_shift}
+    trainer = make_trainer(cfg, toy, tmp_path, reference_phase_index=1)
+    raw = np.load(toy[0][0]["image"])
+    moved = trainer.train_set[0]["image"].numpy()
+    np.testing.assert_array_equal(moved[1], raw[1])  # the reference phase stays on the mask
+    others = [k for k in range(raw.shape[0]) if k != 1]
+    shifted = [not np.array_equal(moved[k], raw[k]) for k in others]
+    for epoch in range(1, 4):  # some other phase moves in some epoch
+        trainer.train_set.set_epoch(epoch)
+        shifted += [
+            not np.array_equal(trainer.train_set[0]["image"].numpy()[k], raw[k]) for k in others
+        ]
+        np.testing.assert_array_equal(trainer.train_set[0]["image"].numpy()[1], raw[1])
+    assert any(shifted)

@@ -144,6 +144,9 @@ def _fit_fold(
         exp.class_names,
         bundle_meta=_bundle_meta(exp, ds, split),
         progress=progress,
+        reference_phase_index=(
+            exp.phases.index(ds.reference_phase) if ds.reference_phase in exp.phases else None
+        ),
     )
     trainer.fit(resume=resume)
     return trainer

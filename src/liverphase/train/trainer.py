@@ -71,6 +71,7 @@ class Trainer:
         progress: bool = True,
         callbacks: Sequence[EpochCallback] = (),
         tensorboard: bool = True,
+        reference_phase_index: int | None = None,
     ) -> None:
         self.config = config
         self.model_factory = model_factory
@@ -84,7 +85,10 @@ class Trainer:
         self.device = torch.device(device) if device is not None else default_device()
         self.class_names = [str(c) for c in class_names]
         index = {c: i for i, c in enumerate(self.class_names)}
-        augment = Augmenter(config.augment_params) if config.augment else None
+        # the mask belongs to the reference phase: per-phase shifts must leave that phase in place
+        augment = (
+            Augmenter(config.augment_params, reference_phase_index) if config.augment else None
+        )
         self.train_set = CachedStudyDataset(train_items, index, augment, seed=config.seed)
         self.val_set = CachedStudyDataset(val_items, index, None, seed=config.seed)
         self.out_dir = Path(out_dir)
