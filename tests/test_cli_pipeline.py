@@ -70,6 +70,8 @@ def test_cv_run_folder_contract(cv_run: Path, cohort: Path) -> None:
     for key in ("auc", "auc_ci", "acc", "f1", "npv", "sensitivity", "specificity"):
         assert key in metrics["pooled"], key
     assert len(metrics["folds"]) == 2
+    pre = json.loads((cv_run / "run.json").read_text())["preprocessing"]
+    assert pre["margin_mm"] == 10.0 and pre["roi_source"] == "mask"  # the paper's crop
     splits = json.loads((cv_run / "splits.json").read_text())
     with open(cohort / "cases.csv", newline="") as fh:
         patient = {r["case_id"]: r["patient_id"] for r in csv.DictReader(fh)}
@@ -287,6 +289,9 @@ def test_cv_of_a_segmenting_model_writes_per_case_dice_and_compare_tests_it(
                 *("-o", "base_channels=4", "-o", "scales=3", "-o", f"temporal={mode}"),
             ]
         )
+    # segmenting models crop the jittered box with a 3 mm margin, classifiers the paper's 10 mm
+    pre = json.loads((runs["mean"] / "run.json").read_text())["preprocessing"]
+    assert pre["margin_mm"] == 3.0 and pre["roi_source"] == "mask_jitter"
     with open(runs["mean"] / "segmentation.csv", newline="") as fh:
         seg = list(csv.DictReader(fh))
     assert sorted(r["case_id"] for r in seg) == sorted(
