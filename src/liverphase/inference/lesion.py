@@ -25,9 +25,6 @@ import SimpleITK as sitk
 
 from liverphase.errors import GeometryError
 from liverphase.preprocess.geometry import to_canonical
-from liverphase.preprocess.roi import largest_component
-
-__all__ = ["largest_component"]  # re-exported: the predictor's whole-scan pass uses it
 
 Box6 = tuple[int, int, int, int, int, int]
 BBOX_UNITS = ("mm", "voxel")

@@ -363,8 +363,7 @@ class Predictor:
                 f"model {self.model_name!r} gave no segmentation", self.bundle_dir
             )
         prob = lesion_probability(seg_logits)[0].cpu().numpy()
-        found = sitk.GetArrayFromImage(map_to_reference(prob, pre.meta, canon[ref])) > 0.5
-        box = lesion.index_box(lesion.largest_component(found))
+        box = lesion.index_box(lesion_mask_on_reference(prob, pre.meta["crop"], canon[ref]))
         if box is None:
             raise LiverphaseError(
                 "the model found no lesion in the whole-scan pass: give a mask or a bbox",
