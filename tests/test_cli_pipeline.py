@@ -308,6 +308,10 @@ def test_cv_of_a_segmenting_model_writes_per_case_dice_and_compare_tests_it(
     with open(runs["mean"] / "segmentation_study.csv", newline="") as fh:
         study = list(csv.DictReader(fh))
     assert [r["case_id"] for r in study] == [r["case_id"] for r in seg]
+    assert [r["fold"] for r in study] == [r["fold"] for r in seg] and {r["fold"] for r in seg} == {
+        "0",
+        "1",
+    }
     study_dice = [float(r["dice"]) for r in study]
     assert pooled["study_dice"] == pytest.approx(sum(study_dice) / len(study_dice))
     assert pooled["study_dice_ci"][0] <= pooled["study_dice"] <= pooled["study_dice_ci"][1]

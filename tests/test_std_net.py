@@ -215,7 +215,7 @@ def test_region_enhancement_reads_core_rim_and_surround() -> None:
 
 
 @pytest.mark.parametrize("name", ["std_net", "unet_channels"])
-def test_region_kinetics_head_adds_features_and_trains(name: str) -> None:
+def test_region_kinetics_head_adds_features_and_gets_gradients(name: str) -> None:
     kwargs = {"scales": 3} if name == "std_net" else {}
     plain = make(name, p=2, region_kinetics=False, **kwargs)
     model = make(name, p=2, region_kinetics=True, **kwargs)

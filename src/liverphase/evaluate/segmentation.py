@@ -77,7 +77,7 @@ def segmentation_metrics(
 
 
 def segmentation_summary(
-    items: Sequence[dict[str, Any]], masks: Sequence[np.ndarray | None], fold: int | None = None
+    items: Sequence[dict[str, Any]], masks: Sequence[np.ndarray | None]
 ) -> list[dict[str, Any]]:
     """Per-case segmentation metrics for cached items (ground truth and crop spacing from the cache)."""
     rows = []
@@ -91,7 +91,6 @@ def segmentation_summary(
             {
                 "case_id": item["case_id"],
                 "patient_id": item["patient_id"],
-                "fold": fold,
                 **segmentation_metrics(pred, truth, spacing),
             }
         )
@@ -112,7 +111,6 @@ def study_grid_summary(
     ds: NnUNetDataset,
     items: Sequence[dict[str, Any]],
     lesion_probs: Sequence[np.ndarray | None],
-    fold: int | None = None,
 ) -> list[dict[str, Any]]:
     """Per-case segmentation metrics on each study's own grid (the reference phase), as `predict`
     writes the mask: crop-grid lesion probability resampled linearly, > 0.5, largest component,
@@ -138,7 +136,6 @@ def study_grid_summary(
             {
                 "case_id": item["case_id"],
                 "patient_id": item["patient_id"],
-                "fold": fold,
                 **segmentation_metrics(pred[box], truth[box], spacing),
             }
         )
@@ -268,14 +265,12 @@ def evaluate_segmentation(
     """Per-case metrics on both grids into OUT/segmentation.csv and OUT/segmentation_study.csv;
     returns the pooled values for metrics.json (`dice`, ..., `study_dice`, ...) and the report
     section, or (None, []) when no item has a lesion probability and a mask."""
-    crop_rows: list[dict[str, Any]] = []
-    study_rows: list[dict[str, Any]] = []
-    for i, (item, prob) in enumerate(zip(items, lesion_probs, strict=True)):
-        if prob is None:
-            continue
-        fold = folds[i] if folds is not None else None
-        crop_rows += segmentation_summary([item], [(prob > 0.5).astype(np.uint8)], fold)
-        study_rows += study_grid_summary(ds, [item], [prob], fold)
+    masks = [None if p is None else (p > 0.5).astype(np.uint8) for p in lesion_probs]
+    crop_rows = segmentation_summary(items, masks)
+    study_rows = study_grid_summary(ds, items, lesion_probs)
+    fold_of = {it["case_id"]: f for it, f in zip(items, folds or [None] * len(items), strict=True)}
+    for row in (*crop_rows, *study_rows):
+        row["fold"] = fold_of[row["case_id"]]
     if not crop_rows:
         return None, []
     out = Path(out)

@@ -86,3 +86,11 @@ def maybe_checkpoint(
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters of a module."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def phase_mean(f: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the phase axis (dim 1) of f (B, P, ...), over present phases only."""
+    if mask is None:
+        return f.mean(dim=1)
+    w = mask.to(f.dtype).view(*mask.shape, *([1] * (f.ndim - 2)))
+    return (f * w).sum(dim=1) / w.sum(dim=1)

@@ -76,6 +76,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.utils.checkpoint import checkpoint
 
+from liverphase.models.blocks import phase_mean
 from liverphase.models.heads import LesionPooledHead
 from liverphase.models.registry import ModelOutput, MultiPhaseModel, register_model
 
@@ -100,14 +101,6 @@ def check_phase_mask(mask: torch.Tensor | None, batch: int, phases: int) -> torc
     if not mask.any(dim=1).all():
         raise ValueError("phase_mask: every sample needs at least one present phase")
     return None if mask.all() else mask
-
-
-def phase_mean(f: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the phase axis (dim 1) of f (B, P, ...), over present phases only."""
-    if mask is None:
-        return f.mean(dim=1)
-    w = mask.to(f.dtype).view(*mask.shape, *([1] * (f.ndim - 2)))
-    return (f * w).sum(dim=1) / w.sum(dim=1)
 
 
 class PhaseTransformer(nn.Module):

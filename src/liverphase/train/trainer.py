@@ -277,7 +277,7 @@ class Trainer:
 
     # ----------------------------------------------------------- evaluation
     def _evaluate(
-        self, dataset: CachedStudyDataset, with_loss: bool = False, with_masks: bool = False
+        self, dataset: CachedStudyDataset, with_loss: bool = False, with_lesion: bool = False
     ) -> tuple[dict[str, float], np.ndarray, list[np.ndarray] | None]:
         """Metrics, probabilities (N, K) in item order, and lesion probabilities, gathered over ranks."""
         if self.model is None:
@@ -301,9 +301,9 @@ class Trainer:
                     p, seg = torch.softmax(out.logits.float(), dim=1), out.seg_logits
                 probs = p.cpu().numpy()
                 dice = mask_dice(seg, batch["mask"], batch["has_mask"]) if with_loss else None
-                found = (
+                lesion = (
                     lesion_probability(seg).float().cpu().numpy()
-                    if with_masks and seg is not None
+                    if with_lesion and seg is not None
                     else None
                 )
                 for i, idx in enumerate(batch["index"].tolist()):
@@ -311,8 +311,8 @@ class Trainer:
                     if with_loss and out is not None:
                         one = {k: v[i : i + 1] for k, v in batch.items() if torch.is_tensor(v)}
                         loss = float(self._loss(slice_output(out, i), one))
-                    mask = found[i] if found is not None else None
-                    records.append((idx, probs[i], loss, mask, dice[i] if dice else math.nan))
+                    one_lesion = lesion[i] if lesion is not None else None
+                    records.append((idx, probs[i], loss, one_lesion, dice[i] if dice else math.nan))
         model.train(was_training)
         merged = {r[0]: r for part in gather_objects(records) for r in part}  # drops padding
         order = sorted(merged)
@@ -323,8 +323,8 @@ class Trainer:
         dice = [merged[i][4] for i in order if not math.isnan(merged[i][4])]
         if dice:
             metrics["dice"] = float(np.mean(dice))
-        masks = [merged[i][3] for i in order] if with_masks else None
-        return metrics, probs, masks
+        lesions = [merged[i][3] for i in order] if with_lesion else None
+        return metrics, probs, lesions
 
     def predict(
         self, items: Sequence[dict[str, Any]], return_lesion_prob: bool = False
@@ -334,7 +334,7 @@ class Trainer:
         labelled = [{**it, "label": it.get("label") or self.class_names[0]} for it in items]
         index = {c: i for i, c in enumerate(self.class_names)}
         dataset = CachedStudyDataset(labelled, index, None, seed=self.config.seed)
-        _, probs, lesion = self._evaluate(dataset, with_masks=return_lesion_prob)
+        _, probs, lesion = self._evaluate(dataset, with_lesion=return_lesion_prob)
         return (probs, lesion) if return_lesion_prob else probs
 
     # ------------------------------------------------------ selection, I/O
