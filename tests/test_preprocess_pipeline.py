@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -93,3 +95,18 @@ def test_non_hu_values_are_flagged(study: Study) -> None:
     odd = Study("h0", shifted, mask=study.mask, reference_phase="PV")
     out = preprocess_study(odd, PreprocessConfig(**SMALL))
     assert any("outside" in w and "HU" in w for w in out.meta["warnings"])
+
+
+def test_kinetics_do_not_depend_on_the_models_crop(study: Study) -> None:
+    # a 3 mm margin crop would cut the 3-10 mm liver ring: kinetics use their own grid instead
+    tight = preprocess_study(study, PreprocessConfig(**{**SMALL, "margin_mm": 3.0}))
+    wide = preprocess_study(
+        study, PreprocessConfig(**{**SMALL, "margin_mm": 15.0, "size": (12, 32, 32)})
+    )
+    k_tight, k_wide = tight.meta["kinetics"], wide.meta["kinetics"]
+    assert json.dumps(k_tight, sort_keys=True) == json.dumps(k_wide, sort_keys=True)  # NaN-safe
+    pv = k_tight["per_phase"]["PV"]
+    assert 60 < pv["lesion"] < 90 and pv["liver"] > pv["lesion"] + 10  # washout against the ring
+    # ring volume of a 12 mm sphere from 3 to 10 mm outside it, on the 2.5 x 2.5 x 4 mm grid
+    ring_mm3 = 4 / 3 * np.pi * (22.0**3 - 15.0**3)
+    assert k_tight["regions_voxels"]["surround"] == pytest.approx(ring_mm3 / 25.0, rel=0.25)

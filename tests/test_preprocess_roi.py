@@ -19,12 +19,14 @@ from liverphase.preprocess.geometry import (
 )
 from liverphase.preprocess.pipeline import crop_box_for, map_to_reference, preprocess_study
 from liverphase.preprocess.roi import (
+    Box,
     box_from_index,
     box_from_mask,
     frame_of,
     grid_for_box,
     jitter_box,
     lesion_mask_on_reference,
+    native_grid,
 )
 from test_preprocess_phantom import phantom_study
 
@@ -210,3 +212,17 @@ def test_grid_for_box_tiles_the_box(study: Study) -> None:
     np.testing.assert_allclose(grid.box.lo, box.lo, atol=1e-9)
     np.testing.assert_allclose(grid.box.hi, box.hi, atol=1e-9)
     np.testing.assert_allclose(np.asarray(grid.spacing) * grid.size, box.extent)
+
+
+def test_union_and_native_grid(study: Study) -> None:
+    frame = frame_of(study.reference)
+    lesion = box_from_mask(study.mask, frame)
+    shifted = Box(tuple(np.add(lesion.lo, 30.0)), tuple(np.add(lesion.hi, 30.0)), lesion.direction)
+    both = lesion.union(shifted)
+    assert _contains(both, lesion) and _contains(both, shifted)
+    assert np.allclose(both.extent, lesion.extent + 30.0)
+    grid = native_grid(both, study.reference)
+    assert np.allclose(grid.box.lo, both.lo) and np.allclose(grid.box.hi, both.hi)
+    # about the scan's own voxel size (2, 2, 3 mm), never more than max_size voxels an axis
+    assert np.allclose(grid.spacing, study.reference.GetSpacing(), rtol=0.1)
+    assert max(native_grid(both, study.reference, max_size=8).size) == 8

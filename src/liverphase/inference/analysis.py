@@ -1,4 +1,5 @@
-"""The analysis grid: the model's crop box at about the scan's own resolution, phases registered.
+"""The analysis grid: the model's crop box (grown to hold the liver ring around the lesion box) at
+about the scan's own resolution, phases registered.
 
 The model sees the lesion box resampled to its fixed input size (often coarse and anisotropic).
 Kinetics (mean HU of lesion and liver) and the report's pictures want the scan's own detail, so they
@@ -22,21 +23,33 @@ from liverphase.explain.kinetics import named_patterns
 from liverphase.inference.context import ReportContext
 from liverphase.inference.lesion import snap
 from liverphase.preprocess.config import PreprocessConfig
-from liverphase.preprocess.kinetics import measure_kinetics
+from liverphase.preprocess.kinetics import KINETICS_MARGIN_MM, measure_kinetics
 from liverphase.preprocess.register import transform_from_dict
-from liverphase.preprocess.roi import CropGrid, grid_for_box, resample_to_grid, to_reference_grid
+from liverphase.preprocess.roi import (
+    Box,
+    CropGrid,
+    native_grid,
+    phases_on_grid,
+    resample_to_grid,
+    to_reference_grid,
+)
 
 MAX_SIZE = 128
 
 
 def analysis_grid(
-    crop: dict[str, Any], reference: sitk.Image, max_size: int = MAX_SIZE
+    crop: dict[str, Any],
+    reference: sitk.Image,
+    lesion_box: dict[str, Any] | None = None,
+    max_size: int = MAX_SIZE,
 ) -> CropGrid:
-    """A grid over the crop box with about `reference`'s voxel size, at most `max_size` an axis."""
+    """A grid over the crop box, grown to hold the lesion box plus the liver ring the kinetics need
+    (`lesion_box`: meta's lo/hi in frame mm), with about `reference`'s voxel size."""
     box = CropGrid.from_dict(crop).box
-    spacing = np.asarray(reference.GetSpacing(), float)  # canonical reference: frame axes x y z
-    size = np.clip(np.round(box.extent / spacing), 2, max_size).astype(int)
-    return grid_for_box(box, tuple(int(v) for v in size[::-1]), keep_aspect=False)
+    if lesion_box is not None:
+        lesion = Box(tuple(lesion_box["lo"]), tuple(lesion_box["hi"]), box.direction)  # type: ignore[arg-type]
+        box = box.union(lesion.expand(KINETICS_MARGIN_MM))
+    return native_grid(box, reference, max_size)
 
 
 def phase_values(
@@ -47,12 +60,8 @@ def phase_values(
     pad: float | None,
 ) -> np.ndarray:
     """(P, D, H, W) float32 intensities of each phase on the grid, registered to the reference."""
-    out = []
-    for p in phases:
-        tx = transform_from_dict(registration[p]) if p in registration else None
-        img = resample_to_grid(canon[p], grid, tx, "linear", pad)
-        out.append(sitk.GetArrayFromImage(img))
-    return np.stack(out).astype(np.float32)
+    transforms = {p: transform_from_dict(registration[p]) for p in phases if p in registration}
+    return phases_on_grid(canon, grid, transforms, phases, pad)
 
 
 def mask_on_grid(mask: sitk.Image, grid: CropGrid) -> np.ndarray:
@@ -147,7 +156,7 @@ def report_context(
     the ellipsoid inscribed in the lesion box (with a warning).
     """
     crop = meta["crop"]
-    grid = analysis_grid(crop, canon[ref])
+    grid = analysis_grid(crop, canon[ref], meta.get("lesion_box_mm"))
     values = phase_values(canon, grid, meta["registration"], present, config.default_pad)
     if user_mask is not None:
         mask = mask_on_grid(snap(user_mask), grid)

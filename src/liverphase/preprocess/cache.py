@@ -36,7 +36,7 @@ from liverphase.io.study import Study
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.preprocess.pipeline import preprocess_study
 
-CACHE_FORMAT = 3  # 3: registration on a coarsened moving image
+CACHE_FORMAT = 4  # 3: registration on a coarsened moving image; 4: kinetics on the native grid
 IMAGE, MASK, META, INDEX, HASHES = (
     "image.npy",
     "mask.npy",

@@ -12,6 +12,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+# The surrounding-liver ring (mm outside the lesion edge), and the margin around the lesion box on
+# which kinetics are measured: the ring plus 2 mm, whatever crop a model uses.
+RING_MM: tuple[float, float] = (3.0, 10.0)
+KINETICS_MARGIN_MM = RING_MM[1] + 2.0
+
 # Soft-tissue range used to keep fat, air, bone and vessels out of the "liver around" ring.
 PARENCHYMA_HU = (-20.0, 250.0)
 
@@ -20,7 +25,7 @@ def lesion_regions(
     mask: np.ndarray,
     spacing_mm: Sequence[float],
     rim_mm: float = 2.0,
-    ring_mm: tuple[float, float] = (3.0, 10.0),
+    ring_mm: tuple[float, float] = RING_MM,
 ) -> dict[str, np.ndarray]:
     """Boolean core, rim and surrounding-ring regions of a lesion mask (D, H, W) with spacing (z, y, x).
 

@@ -4,7 +4,9 @@ Every phase is resampled once, straight from its stored voxels onto the crop gri
 registration transform (no intermediate 1 mm volume, so one interpolation and no whole-abdomen
 resampling). Registration sees the reference phase resampled to `register_spacing_mm` over the
 crop box plus `register_margin_mm`; the other phases are cropped to that region without
-interpolation before they are smoothed or registered.
+interpolation before they are smoothed or registered. The kinetics (region means in HU) are measured
+on a second grid, the mask's box plus the liver ring at about the scan's voxel size, so they do not
+depend on the model's crop.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from liverphase.preprocess.geometry import (
     to_canonical,
 )
 from liverphase.preprocess.intensity import ct_channels, hu_warning, mri_channel, mri_stats
-from liverphase.preprocess.kinetics import measure_kinetics
+from liverphase.preprocess.kinetics import KINETICS_MARGIN_MM, measure_kinetics
 from liverphase.preprocess.register import (
     RegistrationResult,
     fixed_region,
@@ -44,6 +46,8 @@ from liverphase.preprocess.roi import (
     grid_for_box,
     jitter_box,
     leaves_volume,
+    native_grid,
+    phases_on_grid,
     resample_to_grid,
     to_reference_grid,
 )
@@ -263,9 +267,27 @@ def preprocess_study(
         "timings": timings,
     }
     if mask is not None and mask.any():
-        # Region means in HU (or signal) on the registered crop: the kinetics baseline's features.
-        values = np.stack([raw[p] for p in phases]).astype(np.float32)
-        meta["kinetics"] = measure_kinetics(
-            values, mask, grid.scale_mm, phases, study.reference_phase, ct=config.modality == "ct"
-        )
+        meta["kinetics"] = _study_kinetics(study, canon, phases, reg, pads, config)
     return PreprocessedStudy(study.case_id, image, mask, meta)
+
+
+def _study_kinetics(
+    study: Study,
+    canon: dict[str, sitk.Image],
+    phases: list[str],
+    reg: dict[str, RegistrationResult],
+    pads: dict[str, float | None],
+    config: PreprocessConfig,
+) -> dict[str, Any]:
+    """Region means in HU (or signal), the kinetics baseline's features, on the mask's box plus the
+    liver ring at about the scan's voxel size, phases registered: the same numbers whatever crop
+    (margin, jitter, input size) the model uses."""
+    assert study.mask is not None
+    box = box_from_mask(study.mask, frame_of(study.reference)).expand(KINETICS_MARGIN_MM)
+    grid = native_grid(box, canon[study.reference_phase])
+    transforms = {p: reg[p].transform for p in phases}
+    values = phases_on_grid(canon, grid, transforms, phases, pads)
+    mask = sitk.GetArrayFromImage(resample_to_grid(study.mask, grid, None, "nearest", 0))
+    return measure_kinetics(
+        values, mask, grid.scale_mm, phases, study.reference_phase, ct=config.modality == "ct"
+    )

@@ -53,6 +53,12 @@ class Box:
         m = np.broadcast_to(np.asarray(margin_mm, float), (3,))
         return Box(_vec(np.asarray(self.lo) - m), _vec(np.asarray(self.hi) + m), self.direction)
 
+    def union(self, other: Box) -> Box:
+        """The smallest box holding this box and `other` (same frame assumed)."""
+        lo = np.minimum(self.lo, other.lo)
+        hi = np.maximum(self.hi, other.hi)
+        return Box(_vec(lo), _vec(hi), self.direction)
+
     def intersect(self, other: Box) -> Box:
         """The part of this box inside `other` (same frame assumed)."""
         lo = np.maximum(self.lo, other.lo)
@@ -188,6 +194,31 @@ def grid_for_box(box: Box, size_zyx: Sequence[int], keep_aspect: bool = False) -
         lo = np.asarray(box.lo)
     origin = _dir(box.direction) @ (lo + spacing / 2)
     return CropGrid(_vec(origin), _vec(spacing), tuple(int(n) for n in size), tuple(box.direction))  # type: ignore[arg-type]
+
+
+def native_grid(box: Box, reference: sitk.Image, max_size: int = 128) -> CropGrid:
+    """A grid over `box` with about `reference`'s voxel size (canonical reference), at most
+    `max_size` voxels an axis: where region means in HU are measured at the scan's own detail."""
+    spacing = np.asarray(reference.GetSpacing(), float)
+    size = np.clip(np.round(box.extent / spacing), 2, max_size).astype(int)
+    return grid_for_box(box, tuple(int(v) for v in size[::-1]), keep_aspect=False)
+
+
+def phases_on_grid(
+    images: dict[str, sitk.Image],
+    grid: CropGrid,
+    transforms: dict[str, sitk.Transform | None],
+    phases: Sequence[str],
+    pad: dict[str, float | None] | float | None,
+) -> np.ndarray:
+    """(P, D, H, W) float32 intensities of each phase resampled (linear) onto `grid` through its
+    registration transform (crop-frame point → phase point; None: identity)."""
+    out = []
+    for p in phases:
+        default = pad.get(p) if isinstance(pad, dict) else pad
+        img = resample_to_grid(images[p], grid, transforms.get(p), "linear", default)
+        out.append(sitk.GetArrayFromImage(img))
+    return np.stack(out).astype(np.float32)
 
 
 def leaves_volume(grid: CropGrid, image: sitk.Image, tol_mm: float = 0.5) -> bool:
