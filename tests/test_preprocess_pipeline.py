@@ -37,6 +37,7 @@ def test_ct_tensor_layout_and_meta(study: Study) -> None:
         "register",
         "resample",
         "intensity",
+        "kinetics",
         "total",
     }
     assert meta["reference_geometry"]["size"] == list(study.reference.GetSize())

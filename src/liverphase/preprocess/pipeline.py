@@ -245,6 +245,10 @@ def preprocess_study(
             )
     image = np.ascontiguousarray(np.stack(channels), dtype=np.float32)
     lap("intensity")
+    kinetics = None
+    if mask is not None and mask.any():
+        kinetics = _study_kinetics(study, canon, phases, reg, pads, config)
+        lap("kinetics")
     timings["total"] = round(time.perf_counter() - start, 4)
 
     if not np.isfinite(image).all():
@@ -266,8 +270,8 @@ def preprocess_study(
         "warnings": warnings,
         "timings": timings,
     }
-    if mask is not None and mask.any():
-        meta["kinetics"] = _study_kinetics(study, canon, phases, reg, pads, config)
+    if kinetics is not None:
+        meta["kinetics"] = kinetics
     return PreprocessedStudy(study.case_id, image, mask, meta)
 
 
