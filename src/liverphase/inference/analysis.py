@@ -61,7 +61,7 @@ def phase_values(
 ) -> np.ndarray:
     """(P, D, H, W) float32 intensities of each phase on the grid, registered to the reference."""
     transforms = {p: transform_from_dict(registration[p]) for p in phases if p in registration}
-    return phases_on_grid(canon, grid, transforms, phases, pad)
+    return phases_on_grid(canon, grid, transforms, phases, dict.fromkeys(phases, pad))
 
 
 def mask_on_grid(mask: sitk.Image, grid: CropGrid) -> np.ndarray:

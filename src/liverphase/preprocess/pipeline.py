@@ -247,7 +247,11 @@ def preprocess_study(
     lap("intensity")
     kinetics = None
     if mask is not None and mask.any():
-        kinetics = _study_kinetics(study, canon, phases, reg, pads, config)
+        # the unjittered lesion box is the mask's box whenever the crop came from the mask
+        mask_box = (
+            lesion if used == "mask" else box_from_mask(study.mask, frame_of(study.reference))
+        )
+        kinetics = _study_kinetics(study, mask_box, canon, phases, reg, pads, config)
         lap("kinetics")
     timings["total"] = round(time.perf_counter() - start, 4)
 
@@ -277,18 +281,18 @@ def preprocess_study(
 
 def _study_kinetics(
     study: Study,
+    mask_box: Box,
     canon: dict[str, sitk.Image],
     phases: list[str],
     reg: dict[str, RegistrationResult],
     pads: dict[str, float | None],
     config: PreprocessConfig,
 ) -> dict[str, Any]:
-    """Region means in HU (or signal), the kinetics baseline's features, on the mask's box plus the
-    liver ring at about the scan's voxel size, phases registered: the same numbers whatever crop
+    """Region means in HU (or signal), the kinetics baseline's features, on the mask's box (`mask_box`)
+    plus the liver ring at about the scan's voxel size, phases registered: the same numbers whatever crop
     (margin, jitter, input size) the model uses."""
     assert study.mask is not None
-    box = box_from_mask(study.mask, frame_of(study.reference)).expand(KINETICS_MARGIN_MM)
-    grid = native_grid(box, canon[study.reference_phase])
+    grid = native_grid(mask_box.expand(KINETICS_MARGIN_MM), canon[study.reference_phase])
     transforms = {p: reg[p].transform for p in phases}
     values = phases_on_grid(canon, grid, transforms, phases, pads)
     mask = sitk.GetArrayFromImage(resample_to_grid(study.mask, grid, None, "nearest", 0))

@@ -209,14 +209,13 @@ def phases_on_grid(
     grid: CropGrid,
     transforms: dict[str, sitk.Transform | None],
     phases: Sequence[str],
-    pad: dict[str, float | None] | float | None,
+    pad: dict[str, float | None],
 ) -> np.ndarray:
     """(P, D, H, W) float32 intensities of each phase resampled (linear) onto `grid` through its
-    registration transform (crop-frame point → phase point; None: identity)."""
+    registration transform (crop-frame point → phase point; None: identity), `pad` outside it."""
     out = []
     for p in phases:
-        default = pad.get(p) if isinstance(pad, dict) else pad
-        img = resample_to_grid(images[p], grid, transforms.get(p), "linear", default)
+        img = resample_to_grid(images[p], grid, transforms.get(p), "linear", pad[p])
         out.append(sitk.GetArrayFromImage(img))
     return np.stack(out).astype(np.float32)
 
