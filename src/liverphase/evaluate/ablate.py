@@ -26,7 +26,7 @@ from typing import Any
 from liverphase.atomic import atomic_write_json, atomic_write_text
 from liverphase.errors import ConfigError
 from liverphase.evaluate.compare import KINETICS, compare_runs, oof_probs, table_columns
-from liverphase.evaluate.cv import run_cv
+from liverphase.evaluate.cv import Experiment, make_experiment, run_cv
 from liverphase.evaluate.report import markdown_table
 from liverphase.io.nifti import open_dataset
 
@@ -137,11 +137,60 @@ def parse_tables(spec: str | None, dataset: str | Path, suite: str) -> list[int]
     return chosen
 
 
+def _strip(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "kwargs"}
+
+
 def _key(variant: dict[str, Any]) -> str:
     return json.dumps(
         {k: variant.get(k) for k in ("model", "model_options", "phases", "in_channels")},
         sort_keys=True,
     )
+
+
+_RECORD_KEYS = ("model", "model_options", "folds", "seed", "training", "preprocessing")
+
+
+def _run_record(run_dir: Path) -> dict[str, Any] | None:
+    """The settings a finished run folder was made with (run.json), or None if it is not finished."""
+    if not ((run_dir / "run.json").is_file() and (run_dir / "predictions.csv").is_file()):
+        return None
+    info = json.loads((run_dir / "run.json").read_text())
+    return {k: info.get(k) for k in _RECORD_KEYS}
+
+
+def expected_record(exp: Experiment, folds: int, seed: int) -> dict[str, Any]:
+    """What run.json records for `exp` cross-validated with `folds` and `seed` (JSON-normalised)."""
+    record = {
+        "model": exp.model,
+        "model_options": exp.model_options,
+        "folds": folds,
+        "seed": seed,
+        "training": exp.train.to_dict(),
+        "preprocessing": exp.preprocess.to_dict(),
+    }
+    return json.loads(json.dumps(record))
+
+
+def plan_run_dirs(runs_root: Path, records: dict[str, dict[str, Any]]) -> dict[str, Path]:
+    """Variant key → its run folder. A finished run made with exactly the same settings is reused,
+    whatever its number; any other variant gets the next `NN_model` name no finished run holds, so
+    a RUN folder grown table by table never passes one variant's results off as another's."""
+    finished = {
+        d: rec for d in sorted(runs_root.glob("*")) if (rec := _run_record(d)) is not None
+    }
+    plan: dict[str, Path] = {}
+    for key, record in records.items():
+        match = next((d for d, rec in finished.items() if rec == record), None)
+        if match is None:
+            index = len(plan)
+            while (name := runs_root / f"{index:02d}_{record['model']}") in finished or (
+                name in plan.values()
+            ):
+                index += 1
+            match = name
+        plan[key] = match
+    return plan
 
 
 def run_ablate(
@@ -167,30 +216,32 @@ def run_ablate(
         for i, (t, v) in enumerate(all_tables.items(), start=1)
         if tables is None or i in tables
     }
-    runs: dict[str, Path] = {}
     full_key = _key(full_model(suite))
-    for variants in [{"full": full_model(suite)}, *chosen.values()]:
-        for variant in variants.values():
-            if variant["model"] == "kinetics" or _key(variant) in runs:
-                continue
-            run_dir = out / "runs" / f"{len(runs):02d}_{variant['model']}"
-            runs[_key(variant)] = run_dir
-            log(f"cv {run_dir.name}: {variant}")
-            if not (run_dir / "predictions.csv").is_file():
-                kwargs = {"profile": profile, **variant}
-                if epochs is not None:
-                    kwargs["epochs"] = epochs
-                run_cv(
-                    dataset,
-                    run_dir,
-                    kwargs,
-                    folds=folds,
-                    seed=seed,
-                    cache_root=out / "cache",
-                    workers=workers,
-                    n_boot=n_boot,
-                    progress=False,
-                )
+    records: dict[str, dict[str, Any]] = {}
+    for variant in [full_model(suite)] + [v for t in chosen.values() for v in t.values()]:
+        if variant["model"] != "kinetics" and _key(variant) not in records:
+            kwargs = {"profile": profile, **variant}
+            if epochs is not None:
+                kwargs["epochs"] = epochs
+            exp = make_experiment(ds, seed=seed, **kwargs)
+            records[_key(variant)] = {"kwargs": kwargs, **expected_record(exp, folds, seed)}
+    runs = plan_run_dirs(out / "runs", {k: _strip(r) for k, r in records.items()})
+    for key, run_dir in runs.items():
+        if _run_record(run_dir) == _strip(records[key]):
+            log(f"cv {run_dir.name}: reused, same settings ({records[key]['kwargs']})")
+            continue
+        log(f"cv {run_dir.name}: {records[key]['kwargs']}")
+        run_cv(
+            dataset,
+            run_dir,
+            records[key]["kwargs"],
+            folds=folds,
+            seed=seed,
+            cache_root=out / "cache",
+            workers=workers,
+            n_boot=n_boot,
+            progress=False,
+        )
     sections, results = [], {}
     n_cases = len(oof_probs(runs[full_key])[0])
     for title, variants in chosen.items():

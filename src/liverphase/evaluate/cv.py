@@ -77,9 +77,12 @@ def make_experiment(
         )
     options = {"in_channels": in_channels, **(model_options or {})}
     train = profile_config(profile, model=model, model_options=options, **train_overrides)
-    if "mtl_lambda" not in options and model == "miff_spm":
+    if model == "miff_spm" and "mtl_lambda" not in options:
         options["mtl_lambda"] = train.mtl_lambda
         train = train.replace(model_options=options)
+    elif "mtl_lambda" in options and "mtl_lambda" not in train_overrides:
+        # λ named once, as a model option (ablate's table 3): the loss takes the same value
+        train = train.replace(mtl_lambda=float(options["mtl_lambda"]))
     pre = {
         "size": PROFILE_INPUT[profile],
         "channels": in_channels,
