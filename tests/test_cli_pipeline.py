@@ -372,3 +372,62 @@ def test_train_writes_a_bundle_over_all_cases(
     assert split["test"] == [] and len(split["train"]) + len(split["validation"]) == 12
     assert meta["training"]["epochs"] == 1 and meta["preprocessing"]["size"] == [8, 32, 32]
     assert (run / "bundle" / "model.safetensors").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("suite", ["paper", "std_net"])
+def test_every_ablate_variant_builds_a_consistent_experiment(cohort: Path, suite: str) -> None:
+    """Each row's settings make a model whose λ is the loss's λ (table 2/3 once failed here)."""
+    from liverphase.evaluate.ablate import experiment_tables
+    from liverphase.evaluate.cv import make_experiment
+    from liverphase.io.nifti import open_dataset
+    from liverphase.train.recipe import check_lambda, model_factory_from_config
+
+    ds = open_dataset(cohort)
+    for rows in experiment_tables(ds.phases, suite).values():
+        for variant in rows.values():
+            if variant["model"] == "kinetics":
+                continue
+            exp = make_experiment(ds, profile="cpu", **variant)
+            lam = variant["model_options"].get("mtl_lambda")
+            if lam is not None:
+                assert exp.train.mtl_lambda == lam
+            phases = variant.get("phases") or ds.phases
+            model = model_factory_from_config(exp.train, 2, phases, exp.preprocess.n_channels)()
+            check_lambda(model, exp.train)
+
+
+def test_ablate_reuses_a_run_only_when_its_settings_match(cohort: Path, tmp_path: Path) -> None:
+    """A RUN grown table by table: finished runs are matched by run.json, never by position."""
+    from liverphase.evaluate.ablate import _key, expected_record, experiment_tables, plan_run_dirs
+    from liverphase.evaluate.cv import make_experiment
+    from liverphase.io.nifti import open_dataset
+
+    ds = open_dataset(cohort)
+    tables = experiment_tables(ds.phases)
+    one_channel = tables["4. Input channels"]["1 raw channel"]
+    backbone = tables["2. Components"]["Backbone"]
+    full = tables["2. Components"]["+SPM+MIFF+MTL (full)"]
+
+    def record(variant: dict, **over: object) -> dict:
+        exp = make_experiment(ds, profile="cpu", epochs=3, **variant, **over)
+        return expected_record(exp, 3, 0)
+
+    runs = tmp_path / "runs"
+    # an earlier `--tables 4` run: the full model as 00 and the 1-channel variant as 01
+    for name, variant in (("00_miff_spm", full), ("01_miff_spm", one_channel)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "run.json").write_text(json.dumps({**record(variant), "seconds": 1.0}))
+        (runs / name / "predictions.csv").write_text("case_id\n")
+    plan = plan_run_dirs(
+        runs,
+        {_key(v): record(v) for v in (full, backbone, one_channel)},
+    )
+    assert plan[_key(full)].name == "00_miff_spm"
+    assert plan[_key(one_channel)].name == "01_miff_spm"
+    assert plan[_key(backbone)].name == "02_miff_spm"  # not the finished 1-channel run at 01
+    # the same variant with other training settings is a new run too
+    other = plan_run_dirs(runs, {_key(full): record(full, lr=1e-2)})
+    assert other[_key(full)].name == "02_miff_spm"
+    (runs / "01_miff_spm" / "predictions.csv").unlink()  # unfinished: its name is free again
+    again = plan_run_dirs(runs, {_key(v): record(v) for v in (full, backbone)})
+    assert again[_key(backbone)].name == "01_miff_spm"

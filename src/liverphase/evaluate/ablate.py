@@ -176,9 +176,7 @@ def plan_run_dirs(runs_root: Path, records: dict[str, dict[str, Any]]) -> dict[s
     """Variant key → its run folder. A finished run made with exactly the same settings is reused,
     whatever its number; any other variant gets the next `NN_model` name no finished run holds, so
     a RUN folder grown table by table never passes one variant's results off as another's."""
-    finished = {
-        d: rec for d in sorted(runs_root.glob("*")) if (rec := _run_record(d)) is not None
-    }
+    finished = {d: rec for d in sorted(runs_root.glob("*")) if (rec := _run_record(d)) is not None}
     plan: dict[str, Path] = {}
     for key, record in records.items():
         match = next((d for d, rec in finished.items() if rec == record), None)
