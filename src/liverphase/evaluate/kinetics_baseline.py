@@ -56,7 +56,14 @@ def kinetics_baseline_cv(
         clf = make_pipeline(
             StandardScaler(),
             LogisticRegressionCV(
-                Cs=10, cv=inner, max_iter=5000, scoring="neg_log_loss", random_state=seed
+                Cs=10,
+                cv=inner,
+                max_iter=5000,
+                scoring="neg_log_loss",
+                random_state=seed,
+                # plain L2, spelled out: scikit-learn 1.10 changes both defaults
+                l1_ratios=(0.0,),
+                use_legacy_attributes=False,
             ),
         )
         clf.fit(np.stack([x_by_id[c] for c in train]), y)
