@@ -32,5 +32,13 @@ def open_tensorboard(folder: str | Path, purge_step: int) -> Any:
     return SummaryWriter(str(folder), purge_step=purge_step)
 
 
+def write_scalars(writer: Any, record: dict[str, Any]) -> None:
+    """One epoch's record as TensorBoard scalars (the keys it has of loss, AUC, Dice, lr, speed)."""
+    for key in ("train_loss", "val_loss", "val_auc", "val_dice", "lr", "samples_per_s"):
+        if key in record:
+            writer.add_scalar(key, record[key], record["epoch"])
+    writer.flush()
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)

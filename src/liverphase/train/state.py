@@ -16,10 +16,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from liverphase.atomic import atomic_dir
-from liverphase.errors import BundleError
+from liverphase.errors import BundleError, ConfigError
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
+# training settings a resumed run may change without changing its result
+RESUME_FREE = ("num_workers",)
 _MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__dict__")
 # numpy dtypes safetensors/torch cannot hold directly are widened, and narrowed back on load.
 _WIDEN = {"uint32": torch.int64, "uint64": torch.int64}
@@ -110,6 +112,25 @@ def load_state(folder: str | Path) -> dict[str, Any] | None:
         return unpack(skeleton, tensors)
     except KeyError as exc:
         raise BundleError(f"tensor {exc} missing", folder / STATE_TENSORS) from None
+
+
+def check_resumable(saved: dict[str, Any], now: dict[str, Any], where: str | Path) -> None:
+    """A ConfigError naming the settings that differ from the checkpoint's (resuming would not
+    reproduce the uninterrupted run)."""
+    now = json.loads(json.dumps(now))
+    changed = sorted(k for k in now if k not in RESUME_FREE and saved.get(k) != now[k])
+    if changed:
+        raise ConfigError(
+            f"cannot resume with a different training config (changed: {changed})", where
+        )
+
+
+def restore_modules(loaded: dict[str, Any], **modules: Any) -> None:
+    """load_state_dict of each named module (model, optimizer, ...) from the checkpoint's entry of
+    the same name; None modules (no scheduler, no AMP scaler) and None entries are skipped."""
+    for name, module in modules.items():
+        if module is not None and loaded.get(name) is not None:
+            module.load_state_dict(loaded[name])
 
 
 def capture_rng() -> dict[str, Any]:

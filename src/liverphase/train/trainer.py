@@ -9,7 +9,6 @@ from rank 0. The test fold never reaches the trainer.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 import time
@@ -31,7 +30,7 @@ from liverphase.models.tta import lesion_probability, predict_with_flips
 from liverphase.train.bundle import save_bundle, state_tensors
 from liverphase.train.config import TrainConfig
 from liverphase.train.distributed import barrier, gather_objects, is_main, rank_world
-from liverphase.train.logs import open_tensorboard, write_log_csv
+from liverphase.train.logs import open_tensorboard, write_log_csv, write_scalars
 from liverphase.train.losses import joint_seg_cls_loss, multitask_loss
 from liverphase.train.recipe import (
     build_optimizer,
@@ -48,10 +47,15 @@ from liverphase.train.recipe import (
     slice_output,
     val_metrics,
 )
-from liverphase.train.state import capture_rng, load_state, restore_rng, save_state
+from liverphase.train.state import (
+    capture_rng,
+    check_resumable,
+    load_state,
+    restore_modules,
+    restore_rng,
+    save_state,
+)
 
-# Config fields a resumed run may change without changing its result.
-RESUME_FREE = ("num_workers",)
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
 
@@ -374,10 +378,7 @@ class Trainer:
                 self._save_bundle(model, st)
             write_log_csv(self.out_dir / "log.csv", st["history"])
             if writer is not None:
-                for key in ("train_loss", "val_loss", "val_auc", "val_dice", "lr", "samples_per_s"):
-                    if key in record:
-                        writer.add_scalar(key, record[key], record["epoch"])
-                writer.flush()
+                write_scalars(writer, record)
         barrier()
 
     def _save_bundle(self, model: MultiPhaseModel, st: dict[str, Any]) -> None:
@@ -395,21 +396,8 @@ class Trainer:
 
     def _restore(self, loaded, model, opt, sched, scaler) -> dict[str, Any]:  # noqa: ANN001
         """Put a saved checkpoint back: weights, optimiser, scheduler, RNGs and loop state."""
-        now = json.loads(json.dumps(self.config.to_dict()))
-        changed = sorted(
-            k for k in now if k not in RESUME_FREE and loaded["config"].get(k) != now[k]
-        )
-        if changed:
-            raise ConfigError(
-                f"cannot resume with a different training config (changed: {changed})",
-                self.checkpoint_dir,
-            )
-        model.load_state_dict(loaded["model"])
-        opt.load_state_dict(loaded["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(loaded["scheduler"])
-        if scaler is not None and loaded["scaler"] is not None:
-            scaler.load_state_dict(loaded["scaler"])
+        check_resumable(loaded["config"], self.config.to_dict(), self.checkpoint_dir)
+        restore_modules(loaded, model=model, optimizer=opt, scheduler=sched, scaler=scaler)
         rngs = loaded["rng"]
         restore_rng(rngs[self.rank] if len(rngs) == self.world else rngs[0])
         return {k: loaded[k] for k in self._fresh_state()}
