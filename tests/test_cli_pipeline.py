@@ -398,8 +398,8 @@ def test_every_ablate_variant_builds_a_consistent_experiment(cohort: Path, suite
 
 def test_ablate_reuses_a_run_only_when_its_settings_match(cohort: Path, tmp_path: Path) -> None:
     """A RUN grown table by table: finished runs are matched by run.json, never by position."""
-    from liverphase.evaluate.ablate import _key, expected_record, experiment_tables, plan_run_dirs
-    from liverphase.evaluate.cv import make_experiment
+    from liverphase.evaluate.ablate import _key, experiment_tables, plan_run_dirs
+    from liverphase.evaluate.cv import make_experiment, run_record
     from liverphase.io.nifti import open_dataset
 
     ds = open_dataset(cohort)
@@ -410,7 +410,7 @@ def test_ablate_reuses_a_run_only_when_its_settings_match(cohort: Path, tmp_path
 
     def record(variant: dict, **over: object) -> dict:
         exp = make_experiment(ds, profile="cpu", epochs=3, **variant, **over)
-        return expected_record(exp, 3, 0)
+        return run_record(exp, 3, 0)
 
     runs = tmp_path / "runs"
     # an earlier `--tables 4` run: the full model as 00 and the 1-channel variant as 01

@@ -26,7 +26,7 @@ from typing import Any
 from liverphase.atomic import atomic_write_json, atomic_write_text
 from liverphase.errors import ConfigError
 from liverphase.evaluate.compare import KINETICS, compare_runs, oof_probs, table_columns
-from liverphase.evaluate.cv import Experiment, make_experiment, run_cv
+from liverphase.evaluate.cv import make_experiment, run_cv, run_record
 from liverphase.evaluate.report import markdown_table
 from liverphase.io.nifti import open_dataset
 
@@ -159,19 +159,6 @@ def _run_record(run_dir: Path) -> dict[str, Any] | None:
     return {k: info.get(k) for k in _RECORD_KEYS}
 
 
-def expected_record(exp: Experiment, folds: int, seed: int) -> dict[str, Any]:
-    """What run.json records for `exp` cross-validated with `folds` and `seed` (JSON-normalised)."""
-    record = {
-        "model": exp.model,
-        "model_options": exp.model_options,
-        "folds": folds,
-        "seed": seed,
-        "training": exp.train.to_dict(),
-        "preprocessing": exp.preprocess.to_dict(),
-    }
-    return json.loads(json.dumps(record))
-
-
 def plan_run_dirs(runs_root: Path, records: dict[str, dict[str, Any]]) -> dict[str, Path]:
     """Variant key → its run folder. A finished run made with exactly the same settings is reused,
     whatever its number; any other variant gets the next `NN_model` name no finished run holds, so
@@ -222,7 +209,7 @@ def run_ablate(
             if epochs is not None:
                 kwargs["epochs"] = epochs
             exp = make_experiment(ds, seed=seed, **kwargs)
-            records[_key(variant)] = {"kwargs": kwargs, **expected_record(exp, folds, seed)}
+            records[_key(variant)] = {"kwargs": kwargs, **run_record(exp, folds, seed)}
     runs = plan_run_dirs(out / "runs", {k: _strip(r) for k, r in records.items()})
     for key, run_dir in runs.items():
         if _run_record(run_dir) == _strip(records[key]):

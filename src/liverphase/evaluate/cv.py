@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -163,6 +164,20 @@ def _fit_fold(
     return trainer
 
 
+def run_record(exp: Experiment, folds: int, seed: int) -> dict[str, Any]:
+    """The settings a cross-validation of `exp` records in run.json (JSON-normalised), by which
+    `ablate` recognises a finished run it can reuse."""
+    record = {
+        "model": exp.model,
+        "model_options": exp.model_options,
+        "folds": folds,
+        "seed": seed,
+        "training": exp.train.to_dict(),
+        "preprocessing": exp.preprocess.to_dict(),
+    }
+    return json.loads(json.dumps(record))
+
+
 def run_cv(
     dataset: str | Path,
     out: str | Path,
@@ -243,12 +258,7 @@ def run_cv(
         sections=sections,
     )
     run_info = {
-        "model": exp.model,
-        "model_options": exp.model_options,
-        "folds": folds,
-        "seed": seed,
-        "training": exp.train.to_dict(),
-        "preprocessing": exp.preprocess.to_dict(),
+        **run_record(exp, folds, seed),
         # where the inputs were cached: compare/ablate read the same entries instead of rebuilding
         "cache": str(cache_dir.resolve()),
         "seconds": round(time.perf_counter() - start, 1),
