@@ -17,7 +17,8 @@ import pytest
 from liverphase.errors import DatasetError
 from liverphase.io.nifti import NnUNetDataset, NnUNetWriter, open_dataset, write_image
 from liverphase.preprocess import cache as cache_mod
-from liverphase.preprocess.cache import PreprocessCache, file_digest, preprocess_dataset
+from liverphase.preprocess.build import preprocess_dataset
+from liverphase.preprocess.cache import PreprocessCache, file_digest
 from liverphase.preprocess.config import PreprocessConfig
 from test_preprocess_phantom import phantom_study
 
@@ -147,7 +148,7 @@ def test_clean_temp_removes_only_dead_writers(tmp_path: Path) -> None:
 KILL_SCRIPT = """
 import sys, time
 import numpy as np
-from liverphase.preprocess.cache import preprocess_dataset
+from liverphase.preprocess.build import preprocess_dataset
 from liverphase.preprocess.config import PreprocessConfig
 save = np.save
 def slow_save(*args, **kwargs):  # make each entry slow to write, so the kill lands mid-way

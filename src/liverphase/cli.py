@@ -136,7 +136,7 @@ def preprocess(
     no_register: bool = typer.Option(False, "--no-register", help="Skip inter-phase registration."),
 ) -> None:
     """Preprocess every case into a content-addressed cache (a rerun with nothing changed does nothing)."""
-    from liverphase.preprocess.cache import preprocess_dataset
+    from liverphase.preprocess.build import preprocess_dataset
     from liverphase.preprocess.config import PreprocessConfig
     from liverphase.train.config import PROFILE_INPUT
 

@@ -26,7 +26,7 @@ from liverphase.inference.run import read_dicom
 from liverphase.io.nifti import open_dataset
 from liverphase.models.registry import create_model
 from liverphase.phases import CT_PHASES
-from liverphase.preprocess.cache import preprocess_dataset
+from liverphase.preprocess.build import preprocess_dataset
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.synth.ct import synth_ct_cohort
 from liverphase.train.bundle import read_bundle_meta, save_bundle

@@ -19,7 +19,8 @@ from liverphase.evaluate.report import write_cv_report
 from liverphase.evaluate.segmentation import evaluate_segmentation
 from liverphase.io.nifti import NnUNetDataset, open_dataset
 from liverphase.models.registry import create_model, model_info
-from liverphase.preprocess.cache import PreprocessCache, preprocess_dataset
+from liverphase.preprocess.build import preprocess_dataset
+from liverphase.preprocess.cache import PreprocessCache
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.train.config import PROFILE_INPUT, TrainConfig, profile_config
 from liverphase.train.trainer import Trainer

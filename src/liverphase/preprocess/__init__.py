@@ -1,12 +1,7 @@
 """Preprocessing: canonical geometry, inter-phase registration, lesion ROI, intensities, cache."""
 
-from liverphase.preprocess.cache import (
-    CachedStudy,
-    PreprocessCache,
-    cache_key,
-    file_digest,
-    preprocess_dataset,
-)
+from liverphase.preprocess.build import preprocess_dataset
+from liverphase.preprocess.cache import CachedStudy, PreprocessCache, cache_key, file_digest
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.preprocess.pipeline import (
     PreprocessedStudy,
