@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from liverphase.synth.anatomy import Lesion
+from liverphase.synth.lesion import Lesion
 from liverphase.synth.shapes import Grid
 
 SLICE_SPACINGS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)

@@ -2,14 +2,15 @@
 
 Body frame: x to the patient's left, y posterior, z superior, origin in the body centre at the
 level of the liver hilum. Anatomy is sampled once per patient (`sample_anatomy`), a lesion once per
-lesion (`place_lesion`); `render_labels` paints both on a domain, so every phase of a study, on its
+lesion (`synth.lesion.place_lesion`); `render_labels` paints both on a domain, so every phase of a study, on its
 own grid and displaced by breathing, shows exactly the same anatomy moved.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,11 +19,13 @@ from liverphase.synth.shapes import (
     Ellipsoid,
     Tube,
     Waves,
-    fibonacci_sphere,
     member,
     paint,
     rotation,
 )
+
+if TYPE_CHECKING:
+    from liverphase.synth.lesion import Lesion
 
 INF = float("inf")
 
@@ -85,56 +88,6 @@ class Anatomy:
     disc_height: float = 7.0
     disc_phase: float = 0.0
     spine_xy: tuple[float, float, float] = (0.0, 50.0, 18.0)  # x, y, radius
-
-
-@dataclass
-class LesionMorphology:
-    """Shape features of a lesion class instance (sampled by the kinetics module)."""
-
-    lobulation: float = 0.05  # relative surface displacement amplitude
-    rim_mm: float = 3.0
-    capsule_mm: float = 0.0  # 0: no capsule
-    mosaic: int = 0  # number of intralesional nodules
-    nodules: int = 0  # number of peripheral nodules
-    ducts: int = 0  # dilated bile ducts leaving the lesion
-    center_frac: float = 0.45  # normalised depth of the central region
-
-
-@dataclass
-class Lesion:
-    """A placed lesion: outline, sub-region shapes, attached ducts."""
-
-    outline: Ellipsoid
-    morph: LesionMorphology
-    mosaic: list[tuple[Ellipsoid, int]]
-    nodules: list[Ellipsoid]
-    ducts: list[Tube]
-    touches_edge: bool
-
-    @property
-    def centre(self) -> np.ndarray:
-        """Centre in body mm."""
-        return np.asarray(self.outline.centre)
-
-    @property
-    def radius(self) -> float:
-        """Mean radius in mm (un-lobulated)."""
-        return float(np.mean(self.outline.semi_axes))
-
-    def scaled(self, factor: float) -> Lesion:
-        """The same lesion grown by `factor` (a follow-up study)."""
-        c = self.centre
-
-        def grow(e: Ellipsoid) -> Ellipsoid:
-            cc = c + (np.asarray(e.centre) - c) * factor
-            return replace(e, centre=tuple(cc), semi_axes=tuple(np.asarray(e.semi_axes) * factor))
-
-        return replace(
-            self,
-            outline=grow(self.outline),
-            mosaic=[(grow(e), v) for e, v in self.mosaic],
-            nodules=[grow(e) for e in self.nodules],
-        )
 
 
 def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -264,76 +217,6 @@ def _vessel_tree(
             end = target + rng.uniform(-25, 25, 3)
             tubes.append(Tube(tuple(mid), tuple(end), _u(rng, 2.2, 3.2)))
     return tubes
-
-
-def place_lesion(
-    rng: np.random.Generator,
-    anatomy: Anatomy,
-    diameter_mm: float,
-    morph: LesionMorphology,
-    touch_edge: bool = False,
-    tries: int = 400,
-) -> Lesion:
-    """Place a lobulated lesion of about `diameter_mm` inside the liver (touching its edge if asked).
-
-    Candidates are checked by rendering the anatomy at test points: a sphere of radius r + 3 mm
-    all in liver tissue, or, for an edge lesion, the inner half in liver and part of the outer
-    sphere outside it. The diameter shrinks when no place is found.
-    """
-    dirs = fibonacci_sphere(60)
-    r = diameter_mm / 2
-    for attempt in range(tries):
-        if attempt and attempt % 100 == 0:
-            r *= 0.8
-        c = rng.uniform(anatomy.liver_lo, anatomy.liver_hi)
-        pts = np.concatenate([c[None], c + dirs * (0.5 * r), c + dirs * (r + 3)])
-        lab = render_labels(anatomy, None, Domain(points=pts))
-        in_liver = member(lab, LIVER_TISSUE)
-        inner_ok = in_liver[: 1 + len(dirs)].all()
-        outer = in_liver[1 + len(dirs) :]
-        if not inner_ok:
-            continue
-        if (touch_edge and 3 <= (~outer).sum() <= len(dirs) // 3) or (
-            not touch_edge and outer.all()
-        ):
-            return _build_lesion(rng, anatomy, c, r, morph, touch_edge)
-    raise RuntimeError(f"no room for a {diameter_mm:.0f} mm lesion in this liver")
-
-
-def _build_lesion(
-    rng: np.random.Generator,
-    anatomy: Anatomy,
-    c: np.ndarray,
-    r: float,
-    morph: LesionMorphology,
-    touches: bool,
-) -> Lesion:
-    semi = r * rng.uniform(0.85, 1.15, 3)
-    semi *= r / np.exp(np.mean(np.log(semi)))
-    lobes = None
-    if morph.lobulation > 0:
-        lobes = Waves.random(rng, 6, (0.9 * r, 2.5 * r), morph.lobulation)
-    outline = Ellipsoid(tuple(c), tuple(semi), rotation(rng, (180, 180, 180)), lobes)
-    mosaic = []
-    for k in range(morph.mosaic):
-        p = c + fibonacci_sphere(morph.mosaic)[k] * r * rng.uniform(0.1, 0.55)
-        rad = r * rng.uniform(0.18, 0.32)
-        value = T.LESION_MOSAIC_A if k % 3 else T.LESION_MOSAIC_B
-        mosaic.append((Ellipsoid(tuple(p), (rad, rad, rad), np.eye(3), None), int(value)))
-    nodules = []
-    for k in range(morph.nodules):
-        p = c + fibonacci_sphere(morph.nodules)[k] * semi.mean() * rng.uniform(0.72, 0.88)
-        rad = max(1.5, r * rng.uniform(0.1, 0.2))
-        nodules.append(Ellipsoid(tuple(p), (rad, rad, rad), np.eye(3), None))
-    ducts = []
-    away = c - anatomy.hilum
-    away /= np.linalg.norm(away) + 1e-9
-    for _ in range(morph.ducts):
-        d = away + rng.normal(0, 0.45, 3)
-        d /= np.linalg.norm(d)
-        start = c + d * r * 0.8
-        ducts.append(Tube(tuple(start), tuple(start + d * rng.uniform(15, 35)), _u(rng, 1.5, 2.6)))
-    return Lesion(outline, morph, mosaic, nodules, ducts, touches)
 
 
 def render_labels(anatomy: Anatomy, lesion: Lesion | None, domain: Domain) -> np.ndarray:

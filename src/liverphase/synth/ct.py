@@ -27,15 +27,7 @@ from liverphase.io.nifti import NnUNetWriter, write_image
 from liverphase.io.study import Study, geometry_of
 from liverphase.phases import CT_PHASES
 from liverphase.synth.acquisition import MARGIN_MM, sample_grids, sample_shift
-from liverphase.synth.anatomy import (
-    LESION_LABELS,
-    Anatomy,
-    Lesion,
-    T,
-    place_lesion,
-    render_labels,
-    sample_anatomy,
-)
+from liverphase.synth.anatomy import LESION_LABELS, Anatomy, T, render_labels, sample_anatomy
 from liverphase.synth.imaging import TexturePart, add_texture, form_image
 from liverphase.synth.kinetics import (
     CLASSES_2,
@@ -47,6 +39,7 @@ from liverphase.synth.kinetics import (
     sample_contrast,
     sample_lesion_profile,
 )
+from liverphase.synth.lesion import Lesion, place_lesion
 from liverphase.synth.shapes import Domain, Waves, member
 from liverphase.synth.writers import CT_SERIES_DESCRIPTIONS, write_dicom_study
 

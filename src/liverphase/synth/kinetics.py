@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from liverphase.phases import CT_PHASES
-from liverphase.synth.anatomy import N_LABELS, LesionMorphology, T
+from liverphase.synth.anatomy import N_LABELS, T
+from liverphase.synth.lesion import LesionMorphology
 
 CLASSES_2: tuple[str, ...] = ("HCC", "ICC")
 CLASSES_5: tuple[str, ...] = ("HCC", "ICC", "hemangioma", "cyst", "metastasis")
