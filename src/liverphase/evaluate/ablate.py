@@ -137,10 +137,6 @@ def parse_tables(spec: str | None, dataset: str | Path, suite: str) -> list[int]
     return chosen
 
 
-def _strip(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k != "kwargs"}
-
-
 def _key(variant: dict[str, Any]) -> str:
     return json.dumps(
         {k: variant.get(k) for k in ("model", "model_options", "phases", "in_channels")},
@@ -202,24 +198,28 @@ def run_ablate(
         if tables is None or i in tables
     }
     full_key = _key(full_model(suite))
+    # every row's experiment is built (and validated) before the first run starts
+    kwargs_of: dict[str, dict[str, Any]] = {}
     records: dict[str, dict[str, Any]] = {}
     for variant in [full_model(suite)] + [v for t in chosen.values() for v in t.values()]:
         if variant["model"] != "kinetics" and _key(variant) not in records:
             kwargs = {"profile": profile, **variant}
             if epochs is not None:
                 kwargs["epochs"] = epochs
-            exp = make_experiment(ds, seed=seed, **kwargs)
-            records[_key(variant)] = {"kwargs": kwargs, **run_record(exp, folds, seed)}
-    runs = plan_run_dirs(out / "runs", {k: _strip(r) for k, r in records.items()})
+            kwargs_of[_key(variant)] = kwargs
+            records[_key(variant)] = run_record(
+                make_experiment(ds, seed=seed, **kwargs), folds, seed
+            )
+    runs = plan_run_dirs(out / "runs", records)
     for key, run_dir in runs.items():
-        if _run_record(run_dir) == _strip(records[key]):
-            log(f"cv {run_dir.name}: reused, same settings ({records[key]['kwargs']})")
+        if _run_record(run_dir) == records[key]:
+            log(f"cv {run_dir.name}: reused, same settings ({kwargs_of[key]})")
             continue
-        log(f"cv {run_dir.name}: {records[key]['kwargs']}")
+        log(f"cv {run_dir.name}: {kwargs_of[key]}")
         run_cv(
             dataset,
             run_dir,
-            records[key]["kwargs"],
+            kwargs_of[key],
             folds=folds,
             seed=seed,
             cache_root=out / "cache",
