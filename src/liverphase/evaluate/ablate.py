@@ -144,25 +144,22 @@ def _key(variant: dict[str, Any]) -> str:
     )
 
 
-_RECORD_KEYS = ("model", "model_options", "folds", "seed", "training", "preprocessing")
-
-
-def _run_record(run_dir: Path) -> dict[str, Any] | None:
-    """The settings a finished run folder was made with (run.json), or None if it is not finished."""
+def _holds(run_dir: Path, record: dict[str, Any]) -> bool:
+    """Whether `run_dir` is a finished run whose run.json records exactly these settings."""
     if not ((run_dir / "run.json").is_file() and (run_dir / "predictions.csv").is_file()):
-        return None
+        return False
     info = json.loads((run_dir / "run.json").read_text())
-    return {k: info.get(k) for k in _RECORD_KEYS}
+    return all(info.get(k) == v for k, v in record.items())
 
 
 def plan_run_dirs(runs_root: Path, records: dict[str, dict[str, Any]]) -> dict[str, Path]:
     """Variant key → its run folder. A finished run made with exactly the same settings is reused,
     whatever its number; any other variant gets the next `NN_model` name no finished run holds, so
     a RUN folder grown table by table never passes one variant's results off as another's."""
-    finished = {d: rec for d in sorted(runs_root.glob("*")) if (rec := _run_record(d)) is not None}
+    finished = [d for d in sorted(runs_root.glob("*")) if (d / "predictions.csv").is_file()]
     plan: dict[str, Path] = {}
     for key, record in records.items():
-        match = next((d for d, rec in finished.items() if rec == record), None)
+        match = next((d for d in finished if _holds(d, record)), None)
         if match is None:
             index = len(plan)
             while (name := runs_root / f"{index:02d}_{record['model']}") in finished or (
@@ -212,7 +209,7 @@ def run_ablate(
             )
     runs = plan_run_dirs(out / "runs", records)
     for key, run_dir in runs.items():
-        if _run_record(run_dir) == records[key]:
+        if _holds(run_dir, records[key]):
             log(f"cv {run_dir.name}: reused, same settings ({kwargs_of[key]})")
             continue
         log(f"cv {run_dir.name}: {kwargs_of[key]}")
