@@ -44,14 +44,27 @@ def kinetics_baseline_cv(
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Out-of-fold class probabilities per case id from a logistic regression on kinetics features."""
-    index = {c: i for i, c in enumerate(class_names)}
     ids = list(items)
     x_all, _ = kinetics_features([items[c] for c in ids])
-    x_by_id = dict(zip(ids, x_all, strict=True))
+    labels = {c: items[c]["label"] for c in ids}
+    return logistic_regression_cv(
+        dict(zip(ids, x_all, strict=True)), labels, folds, class_names, seed
+    )
+
+
+def logistic_regression_cv(
+    features: dict[str, np.ndarray],
+    labels: dict[str, str],
+    folds: Sequence[dict[str, Sequence[str]]],
+    class_names: Sequence[str],
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Out-of-fold class probabilities of a standardised L2 logistic regression (C tuned inside)."""
+    index = {c: i for i, c in enumerate(class_names)}
     probs: dict[str, np.ndarray] = {}
     for fold in folds:
         train = list(fold["train"])
-        y = np.array([index[items[c]["label"]] for c in train])
+        y = np.array([index[labels[c]] for c in train])
         inner = max(2, min(5, int(np.bincount(y).min())))
         clf = make_pipeline(
             StandardScaler(),
@@ -66,8 +79,10 @@ def kinetics_baseline_cv(
                 use_legacy_attributes=False,
             ),
         )
-        clf.fit(np.stack([x_by_id[c] for c in train]), y)
+        clf.fit(np.stack([features[c] for c in train]), y)
         test = list(fold["test"])
-        for c, p in zip(test, clf.predict_proba(np.stack([x_by_id[c] for c in test])), strict=True):
+        for c, p in zip(
+            test, clf.predict_proba(np.stack([features[c] for c in test])), strict=True
+        ):
             probs[c] = p
     return probs
