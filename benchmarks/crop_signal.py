@@ -2,8 +2,9 @@
 
 For every case of the RUN's preprocessing (read from its cache; built when missing), two feature sets:
 - `global`: the crop's mean per phase and channel (what global average pooling gives for free);
-- `regions`: the first channel's mean per phase over the lesion core (mask eroded by 2 voxels), its
-  2-voxel rim and a 3-voxel ring outside the mask, plus core−ring and rim−ring.
+- `regions`: the first channel's mean per phase over the lesion core, its 2 mm rim and the 3–10 mm
+  ring outside it (`preprocess.kinetics.lesion_regions`, the kinetics baseline's regions, here on the
+  crop's grid), plus core−ring and rim−ring.
 Each goes through the kinetics baseline's logistic regression on the RUN's own folds; the pooled
 out-of-fold AUC says whether the signal is in the input and whether it needs the lesion's regions.
 
@@ -14,27 +15,29 @@ Prints one line per feature set; needs crops with a lesion mask.
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from liverphase.data.splits import splits_from_json
 from liverphase.evaluate.compare import default_cache, run_items
 from liverphase.evaluate.kinetics_baseline import logistic_regression_cv
 from liverphase.io.nifti import open_dataset
+from liverphase.preprocess.kinetics import lesion_regions
 
 
-def crop_features(image: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-    """(P, C, D, H, W) crop and its (D, H, W) mask → the `global` and `regions` feature vectors."""
-    lesion = mask > 0
-    core = ndimage.binary_erosion(lesion, iterations=2)
-    rim = lesion & ~core
-    core = core if core.any() else lesion  # a lesion thinner than 5 voxels is all rim and core
-    ring = ndimage.binary_dilation(lesion, iterations=3) & ~lesion
+def crop_features(
+    image: np.ndarray, mask: np.ndarray, spacing_mm: Sequence[float]
+) -> dict[str, np.ndarray]:
+    """(P, C, D, H, W) crop, its (D, H, W) mask and (z, y, x) spacing → both feature vectors."""
+    regions = lesion_regions(mask, spacing_mm)
     wide = image[:, 0]
-    means = np.stack([wide[:, r].mean(axis=1) for r in (core, rim, ring)])  # (3, P)
+    means = np.stack(
+        [wide[:, regions[r]].mean(axis=1) for r in ("core", "rim", "surround")]
+    )  # (3, P)
     contrasts = means[:2] - means[2:3]
     return {
         "global": image.mean(axis=(2, 3, 4)).ravel(),
@@ -52,7 +55,12 @@ def main() -> None:
     ds = open_dataset(args.dataset)
     items = run_items(args.run, ds, args.cache or default_cache(args.run))
     folds = splits_from_json(args.run / "splits.json")
-    feats = {c: crop_features(np.load(it["image"]), np.load(it["mask"])) for c, it in items.items()}
+    feats = {}
+    for c, it in items.items():
+        if it["mask"] is None:
+            raise SystemExit(f"{args.dataset}: case {c} has no lesion mask, so no lesion regions")
+        meta = json.loads((Path(it["image"]).parent / "meta.json").read_text())
+        feats[c] = crop_features(np.load(it["image"]), np.load(it["mask"]), meta["scale_mm"])
     labels = {c: it["label"] for c, it in items.items()}
     positive = ds.class_names[-1]
     for name in ("global", "regions"):
