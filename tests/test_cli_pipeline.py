@@ -335,6 +335,7 @@ def test_cv_of_a_segmenting_model_writes_per_case_dice_and_compare_tests_it(
     assert "Dice, study grid (95% CI)" in (out_dir / "comparison.md").read_text()
     assert rows["kinetics (logistic regression)"].get("dice") is None
     assert "Dice (95% CI)" in (out_dir / "comparison.md").read_text()
+    _check_missing_phases(runs["transformer"], runs["mean"], cohort, tmp_path)
     # evaluate: the fold bundles' mean lesion probability, thresholded, scored per case
     ev = tmp_path / "ev"
     _ok(["evaluate", str(runs["mean"]), "--data", str(cohort), "--out", str(ev)])
@@ -346,6 +347,54 @@ def test_cv_of_a_segmenting_model_writes_per_case_dice_and_compare_tests_it(
     assert ev_pooled["dice_ci"][0] <= ev_pooled["dice"] <= ev_pooled["dice_ci"][1]
     assert "## Segmentation" in (ev / "report.md").read_text()
     assert (ev / "segmentation_study.csv").is_file() and "study_dice" in ev_pooled
+
+
+def _check_missing_phases(run: Path, other: Path, cohort: Path, tmp_path: Path) -> None:
+    """Withholding nothing re-predicts the run exactly; withholding a phase changes its predictions,
+    and compare tests each withheld phase against the full run on the same cases."""
+    from liverphase.evaluate.compare import oof_probs
+    from liverphase.evaluate.missing_phase import missing_phase_run
+
+    ids, probs = oof_probs(run)
+    same = missing_phase_run(run, cohort, None, tmp_path / "none", n_boot=50)
+    same_ids, same_probs = oof_probs(same)
+    assert same_ids == ids and abs(same_probs - probs).max() < 1e-5
+    dice = [r["dice"] for r in csv.DictReader(open(run / "segmentation.csv", newline=""))]
+    assert [r["dice"] for r in csv.DictReader(open(same / "segmentation.csv", newline=""))] == dice
+    out = tmp_path / "missing"
+    _ok(
+        ["compare", str(run), str(other), "--data", str(cohort), "--out", str(out)]
+        + ["--missing-phases", "--no-kinetics"]
+    )
+    rows = [r["model"] for r in json.loads((out / "comparison.json").read_text())]
+    assert rows == [
+        "std_net",
+        *(f"std_net without {p}" for p in ("NC", "ART", "PV", "DL")),
+        "std_net (mean)",
+    ]
+    table = {r["model"]: r for r in json.loads((out / "comparison.json").read_text())}
+    for p in ("NC", "ART", "PV", "DL"):
+        row, folder = table[f"std_net without {p}"], out / f"missing_{p}"
+        assert json.loads((folder / "run.json").read_text())["missing_phase"] == p
+        assert (folder / "splits.json").read_bytes() == (run / "splits.json").read_bytes()
+        assert 0.0 <= row["delong_p"] <= 1.0 and 0.0 <= row["dice_p"] <= 1.0
+    changed = [
+        abs(oof_probs(out / f"missing_{p}")[1] - probs).max() for p in ("NC", "ART", "PV", "DL")
+    ]
+    assert min(changed) > 1e-6
+
+
+def test_missing_phases_need_a_model_with_a_phase_mask(
+    cv_run: Path, cohort: Path, tmp_path: Path
+) -> None:
+    result = RUNNER.invoke(
+        app,
+        ["compare", str(cv_run), "--data", str(cohort), "--out", str(tmp_path / "c")]
+        + ["--missing-phases"],
+    )
+    assert result.exit_code == 2
+    assert "cannot predict with a phase missing" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_train_writes_a_bundle_over_all_cases(

@@ -176,3 +176,33 @@ def test_augment_config_rejects_bad_values():
         AugmentConfig.from_dict({"flip_prob": 1.5})
     with pytest.raises(ConfigError, match="flip_axes"):
         AugmentConfig.from_dict({"flip_axes": [3]})
+
+
+def test_phase_dropout_drops_one_phase_marks_it_and_leaves_the_other_draws(items):
+    plain = CachedStudyDataset(items, CLASSES, Augmenter(AugmentConfig()), seed=4)
+    dropped = CachedStudyDataset(
+        items, CLASSES, Augmenter(AugmentConfig(phase_dropout_prob=1.0)), seed=4
+    )
+    assert "phase_mask" not in plain[0]
+    seen = set()
+    for epoch in range(4):
+        plain.set_epoch(epoch)
+        dropped.set_epoch(epoch)
+        for i in range(len(items)):
+            a, b = plain[i], dropped[i]
+            present = b["phase_mask"].numpy()
+            assert present.dtype == bool and present.sum() == 2  # 3 phases, one absent
+            gone = int(np.flatnonzero(~present)[0])
+            seen.add(gone)
+            assert not b["image"][gone].any()
+            # the kept phases and the mask are exactly the draw without phase dropout
+            assert torch.equal(b["image"][present], a["image"][present])
+            assert torch.equal(b["mask"], a["mask"])
+    assert seen == {0, 1, 2}
+    half = Augmenter(AugmentConfig(phase_dropout_prob=0.5))
+    kept = [half.phase_presence(3, s).all() for s in range(400)]
+    assert 0.4 < np.mean(kept) < 0.6
+    assert Augmenter(AugmentConfig()).phase_presence(3, 0) is None
+    assert Augmenter(AugmentConfig(phase_dropout_prob=1.0)).phase_presence(1, 0).all()
+    with pytest.raises(ConfigError, match="phase_dropout_prob"):
+        AugmentConfig(phase_dropout_prob=1.5).validate()

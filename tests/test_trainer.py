@@ -367,3 +367,32 @@ def test_phase_shift_augmentation_keeps_the_reference_phase_on_its_mask(toy, tmp
         ]
         np.testing.assert_array_equal(trainer.train_set[0]["image"].numpy()[1], raw[1])
     assert any(shifted)
+
+
+def test_phase_dropout_trains_the_masked_phase_path(toy, tmp_path, monkeypatch):
+    from liverphase.models.std_net import StdNet
+
+    seen: list = []
+    original = StdNet.forward
+
+    def spy(self, x, phase_mask=None):
+        if self.training:
+            seen.append((x.detach().clone(), None if phase_mask is None else phase_mask.clone()))
+        return original(self, x, phase_mask)
+
+    monkeypatch.setattr(StdNet, "forward", spy)
+    net = {"model": "std_net", "model_options": {"base_channels": 4, "scales": 3}}
+    cfg = {**net, "epochs": 1, "batch_size": 4, "tta_flip_axes": [], "select_metric": "loss"}
+    cfg["augment_params"] = {"phase_dropout_prob": 1.0}
+    make_trainer(cfg, toy, tmp_path / "a", tensorboard=False).fit()
+    assert len(seen) == 3  # 12 items, batch 4
+    for x, mask in seen:
+        assert mask is not None and mask.shape == (4, 2) and (mask.sum(dim=1) == 1).all()
+        assert not x[~mask].any() and x[mask].abs().sum() > 0
+    seen.clear()
+    make_trainer({**cfg, "augment_params": {}}, toy, tmp_path / "b", tensorboard=False).fit()
+    assert seen and all(mask is None for _, mask in seen)
+    # a model without a phase mask cannot train with phases dropped: a user error, before training
+    no_mask = {**cfg, "model": "tiny_test_model", "model_options": {}}
+    with pytest.raises(ConfigError, match="no phase mask"):
+        make_trainer(no_mask, toy, tmp_path / "c", tensorboard=False).fit()

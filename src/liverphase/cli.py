@@ -404,12 +404,20 @@ def compare(
         None,
         help="The runs' preprocessing cache (default: the one the first run used, from its run.json).",
     ),
+    missing_phases: bool = typer.Option(
+        False,
+        help="Add the first run re-predicted on its own folds with each phase withheld in turn "
+        "(models with a phase mask, e.g. std_net).",
+    ),
 ) -> None:
     """Compare cv runs: AUC, accuracy, F1 with patient-bootstrap CIs and DeLong p against the first run."""
     from liverphase.evaluate.compare import compare_runs, label_runs, write_comparison
+    from liverphase.evaluate.missing_phase import with_missing_phase_runs
 
     labels = label_runs(runs)
     reference = next(iter(labels))
+    if missing_phases:
+        labels = with_missing_phase_runs(labels, reference, data, out, cache)
     rows = compare_runs(labels, data, reference, kinetics=kinetics, cache_root=cache)
     path = write_comparison(
         rows,

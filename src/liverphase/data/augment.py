@@ -41,6 +41,9 @@ class AugmentConfig(ConfigBase):
     noise_std: float = 0.02
     phase_shift_prob: float = 0.5
     phase_shift_voxels: int = 1  # each phase moves by an integer in [-n, n] along each axis
+    # a study loses one random phase (zeroed, marked absent): trains the masked-phase path that
+    # `predict` takes when a study lacks a phase; models with a phase mask only (std_net, unet_channels)
+    phase_dropout_prob: float = 0.0
 
     def validate(self) -> None:
         """Check probabilities in [0, 1], non-negative strengths and valid axes."""
@@ -50,6 +53,7 @@ class AugmentConfig(ConfigBase):
             "intensity_prob",
             "noise_prob",
             "phase_shift_prob",
+            "phase_dropout_prob",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"must be in [0, 1], got {getattr(self, name)}", name)
@@ -95,6 +99,18 @@ class Augmenter:
             new_mask = np.rint(_as_numpy(out["mask"])[0]).astype(mask.dtype)
         new_image = self.shift_phases(new_image, np.random.default_rng(shift_seed))
         return new_image, new_mask
+
+    def phase_presence(self, phases: int, seed: int) -> np.ndarray | None:
+        """Which phases this draw keeps (bool (P,), one dropped at `phase_dropout_prob`), or None when
+        phase dropout is off; from its own stream of `seed`, so the other draws do not change."""
+        if self.config.phase_dropout_prob <= 0:
+            return None
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+        present = np.ones(phases, bool)
+        drop, which = rng.random() < self.config.phase_dropout_prob, rng.integers(phases)
+        if drop and phases > 1:
+            present[which] = False
+        return present
 
     def shift_phases(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Move each phase (except the reference) by its own small integer shift, edge-padded."""

@@ -73,13 +73,19 @@ class CachedStudyDataset(Dataset):
                 f"mask shape {mask.shape} does not match image grid {image.shape[2:]}",
                 item["mask"],
             )
+        present = None
         if self.augment is not None:
             image, mask = self.augment(image, mask, self.sample_seed(index))
+            present = self.augment.phase_presence(image.shape[0], self.sample_seed(index))
+            if present is not None:
+                image = np.where(present[:, None, None, None, None], image, np.float32(0))
         has_mask = mask is not None
         mask_arr = (
             mask.astype(np.uint8, copy=False) if has_mask else np.zeros(image.shape[2:], np.uint8)
         )
+        extra = {} if present is None else {"phase_mask": torch.from_numpy(present)}
         return {
+            **extra,
             "image": torch.from_numpy(np.array(image, np.float32)),
             "mask": torch.from_numpy(np.array(mask_arr[None], np.uint8)),
             "has_mask": has_mask,
@@ -87,6 +93,11 @@ class CachedStudyDataset(Dataset):
             "case_id": str(item["case_id"]),
             "index": int(index),
         }
+
+
+def model_kwargs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """The keyword arguments a batch carries for the model: the phase mask of phase dropout."""
+    return {"phase_mask": batch["phase_mask"].to(device)} if "phase_mask" in batch else {}
 
 
 def _load(path: str | Path, ndim: int, what: str) -> np.ndarray:

@@ -7,6 +7,7 @@ lesion-mask probabilities of models that segment, which then get per-case Dice, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,11 @@ def predict_items(
     class_names: list[str],
     batch_size: int = 2,
     flip_axes: tuple[int, ...] = (),
+    present: Sequence[bool] | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray] | None]:
     """Class probabilities (N, K) of cached items, in order, averaged over flips of `flip_axes`;
-    with a model that segments also the lesion probability maps (D, H, W) per item, else None."""
+    with a model that segments also the lesion probability maps (D, H, W) per item, else None.
+    `present` (one bool per phase) withholds the False phases through the model's phase mask."""
     index = {c: i for i, c in enumerate(class_names)}
     labelled = [
         {**it, "label": it["label"] if it["label"] in index else class_names[0]} for it in items
@@ -59,7 +62,11 @@ def predict_items(
     device = next(model.parameters()).device
     probs, lesion = [], []
     for batch in loader:
-        p, seg = predict_with_flips(model, batch["image"].to(device), tuple(flip_axes))
+        x = batch["image"].to(device)
+        kwargs = {}
+        if present is not None:
+            kwargs["phase_mask"] = torch.tensor(list(present), device=device).expand(len(x), -1)
+        p, seg = predict_with_flips(model, x, tuple(flip_axes), **kwargs)
         probs.append(p.cpu())
         if seg is not None:
             lesion += list(lesion_probability(seg).cpu().numpy())

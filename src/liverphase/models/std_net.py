@@ -49,7 +49,8 @@ all-True mask is the same as None). Absent phases are dropped from every fusion:
 (`src_key_padding_mask`) for the transformer, left out of the GRU sequence (packed), out of the means,
 and zeroed in the concat with the rest rescaled by P / present so the 1×1×1 conv sees inputs of the
 usual size. The encoder sees each phase alone, so the output does not depend on an absent phase's
-voxels at all. Every sample needs at least one present phase.
+voxels at all. Every sample needs at least one present phase. Training only meets this path with
+phase dropout (`augment_params.phase_dropout_prob`); `compare --missing-phases` measures it.
 
 Deepest level must hold more than one voxel (instance norm), e.g. at least 16×32×32 with 5 scales.
 One phase is allowed (the temporal module then sees a single token) for single-phase baselines.

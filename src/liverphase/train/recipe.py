@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -154,11 +155,19 @@ def selection_score(record: dict[str, Any], select_metric: str, has_val: bool) -
 
 
 def check_lambda(model: torch.nn.Module, cfg: TrainConfig) -> None:
-    """The λ a model mixes its logits with must be the one the config names (it lives in both)."""
+    """The λ a model mixes its logits with must be the one the config names (it lives in both), and
+    phase dropout needs a model that takes a phase mask."""
     built = getattr(model, "mtl_lambda", None)
     if built is not None and not math.isclose(float(built), cfg.mtl_lambda):
         raise ConfigError(
             f"model {cfg.model!r} was built with mtl_lambda={built} but the config says "
             f"{cfg.mtl_lambda}; set both (model_options.mtl_lambda and mtl_lambda)",
             "mtl_lambda",
+        )
+    takes_mask = "phase_mask" in inspect.signature(model.forward).parameters
+    if cfg.augment and cfg.augment_params.phase_dropout_prob > 0 and not takes_mask:
+        raise ConfigError(
+            f"model {cfg.model!r} has no phase mask, so it cannot train with phases dropped; "
+            "set phase_dropout_prob to 0 or use std_net / unet_channels",
+            "augment_params.phase_dropout_prob",
         )

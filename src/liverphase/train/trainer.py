@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from liverphase.data.augment import Augmenter
-from liverphase.data.dataset import CachedStudyDataset
+from liverphase.data.dataset import CachedStudyDataset, model_kwargs
 from liverphase.errors import ConfigError
 from liverphase.models.registry import ModelOutput, MultiPhaseModel
 from liverphase.models.tta import lesion_probability, predict_with_flips
@@ -222,7 +222,7 @@ class Trainer:
         for batch in bar:
             x = batch["image"].to(self.device, non_blocking=True)
             with self._autocast():
-                loss = self._loss(net(x), batch)
+                loss = self._loss(net(x, **model_kwargs(batch, self.device)), batch)
             if not torch.isfinite(loss.detach()):
                 raise ConfigError(
                     f"training diverged: loss {float(loss.detach())} in epoch {epoch + 1}; "
