@@ -260,6 +260,12 @@ def test_ablate_std_net_suite_tables() -> None:
     # the published three phases as the dataset: the 2-phase row remains, the 3-phase one is the full
     three = experiment_tables(["ART", "PV", "DL"], suite="std_net")["2. Phases"]
     assert list(three) == ["3 phases", "ART+PV"]
+    missing = tables["3. A phase missing at inference"]
+    assert list(missing) == [
+        "all phases (full)",
+        *(f"without {p}" for p in ("NC", "ART", "PV", "DL")),
+    ]
+    assert [v.get("missing_phase") for v in missing.values()] == [None, "NC", "ART", "PV", "DL"]
     with pytest.raises(ConfigError):
         experiment_tables(["NC"], suite="nope")
 
@@ -434,8 +440,8 @@ def test_every_ablate_variant_builds_a_consistent_experiment(cohort: Path, suite
     ds = open_dataset(cohort)
     for rows in experiment_tables(ds.phases, suite).values():
         for variant in rows.values():
-            if variant["model"] == "kinetics":
-                continue
+            if variant["model"] == "kinetics" or "missing_phase" in variant:
+                continue  # not trained: a baseline, or the full model re-predicted
             exp = make_experiment(ds, profile="cpu", **variant)
             lam = variant["model_options"].get("mtl_lambda")
             if lam is not None:
@@ -480,3 +486,28 @@ def test_ablate_reuses_a_run_only_when_its_settings_match(cohort: Path, tmp_path
     (runs / "01_miff_spm" / "predictions.csv").unlink()  # unfinished: its name is free again
     again = plan_run_dirs(runs, {_key(v): record(v) for v in (full, backbone)})
     assert again[_key(backbone)].name == "01_miff_spm"
+
+
+def test_ablate_std_net_missing_phase_table_end_to_end(cohort: Path, tmp_path: Path) -> None:
+    """`ablate --suite std_net --tables 3` trains only the full model and re-predicts it per phase."""
+    out = tmp_path / "abl"
+    args = ["ablate", str(cohort), "--out", str(out), "--suite", "std_net", "--tables", "3"]
+    _ok([*args, "--folds", "2", "--epochs", "1"])
+    assert [d.name for d in (out / "runs").iterdir()] == ["00_std_net"]
+    rows = json.loads((out / "ablation.json").read_text())["tables"][
+        "3. A phase missing at inference"
+    ]
+    assert [r["model"] for r in rows] == [
+        "all phases (full)",
+        *(f"without {p}" for p in ("NC", "ART", "PV", "DL")),
+    ]
+    full = json.loads((out / "runs" / "00_std_net" / "metrics.json").read_text())["pooled"]
+    assert rows[0]["auc"] == pytest.approx(full["auc"]) and rows[0]["dice"] == pytest.approx(
+        full["dice"]
+    )
+    for row in rows[1:]:
+        phase = row["model"].split()[-1]
+        run = json.loads((out / "missing" / phase / "run.json").read_text())
+        assert run["missing_phase"] == phase and 0.0 <= row["delong_p"] <= 1.0
+        assert 0.0 <= row["dice"] <= 1.0 and 0.0 <= row["dice_p"] <= 1.0
+    assert "## 3. A phase missing at inference" in (out / "report.md").read_text()

@@ -364,7 +364,7 @@ def ablate(
     ),
     suite: str = typer.Option(
         "paper",
-        help="paper: MIFF+SPM's tables 1-5; std_net: STD-Net's temporal-module and phase tables 1-2.",
+        help="paper: MIFF+SPM's tables 1-5; std_net: STD-Net's temporal-module, phase and missing-phase tables 1-3.",
     ),
     seed: int = typer.Option(0),
     workers: int = _WORKERS,

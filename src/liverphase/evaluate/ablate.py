@@ -10,7 +10,9 @@ variants trained once and reused):
 Suite `std_net` (STD-Net, joint segmentation and characterisation):
 1. temporal module: transformer (the full model) vs gru, mean, concat, and MONAI's UNet taking the
    phases as input channels (`unet_channels`, no decoupling at all);
-2. phases: four vs three (ART+PV+DL, the published model's) vs two (ART+PV).
+2. phases: four vs three (ART+PV+DL, the published model's) vs two (ART+PV);
+3. a phase missing at inference: the full model's own folds re-predicted with each phase withheld
+   through its phase mask (`evaluate.missing_phase`; nothing is trained for this table).
 Every row has AUC, accuracy and F1 with patient-bootstrap CIs and DeLong's p against the suite's full
 model; models that segment add Dice, HD95 and surface Dice with CIs and a paired p on Dice.
 """
@@ -27,6 +29,7 @@ from liverphase.atomic import atomic_write_json, atomic_write_text
 from liverphase.errors import ConfigError
 from liverphase.evaluate.compare import KINETICS, compare_runs, oof_probs, table_columns
 from liverphase.evaluate.cv import make_experiment, run_cv, run_record
+from liverphase.evaluate.missing_phase import missing_phase_run
 from liverphase.evaluate.report import markdown_table
 from liverphase.io.nifti import open_dataset
 
@@ -38,7 +41,7 @@ def _variant(model: str, **options: Any) -> dict[str, Any]:
 
 SUITES = {
     "paper": "the four-phase CT paper's experiments (MIFF+SPM)",
-    "std_net": "STD-Net's experiments (temporal module, phases)",
+    "std_net": "STD-Net's experiments (temporal module, phases, a missing phase)",
 }
 
 
@@ -64,7 +67,7 @@ def _named_subsets(
 
 
 def std_net_tables(phases: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
-    """The std_net suite: temporal-module table and 2/3/4-phase table."""
+    """The std_net suite: temporal-module, 2/3/4-phase and missing-phase tables."""
     full = full_model("std_net")
     temporal = {"transformer (full)": full}
     temporal.update(
@@ -76,7 +79,13 @@ def std_net_tables(phases: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
     )
     phase_rows = {f"{len(phases)} phases": full}
     phase_rows.update({name: {**full, "phases": sub} for name, sub in subsets.items()})
-    return {"1. Temporal module": temporal, "2. Phases": phase_rows}
+    missing = {"all phases (full)": full}
+    missing.update({f"without {p}": {**full, "missing_phase": p} for p in phases})
+    return {
+        "1. Temporal module": temporal,
+        "2. Phases": phase_rows,
+        "3. A phase missing at inference": missing,
+    }
 
 
 def experiment_tables(
@@ -139,7 +148,10 @@ def parse_tables(spec: str | None, dataset: str | Path, suite: str) -> list[int]
 
 def _key(variant: dict[str, Any]) -> str:
     return json.dumps(
-        {k: variant.get(k) for k in ("model", "model_options", "phases", "in_channels")},
+        {
+            k: variant.get(k)
+            for k in ("model", "model_options", "phases", "in_channels", "missing_phase")
+        },
         sort_keys=True,
     )
 
@@ -171,6 +183,12 @@ def plan_run_dirs(runs_root: Path, records: dict[str, dict[str, Any]]) -> dict[s
     return plan
 
 
+def _missing_phase_run(full: Path, dataset: str | Path, phase: str, out: Path, n_boot: int) -> Path:
+    """The full model's run re-predicted without `phase`, in RUN/missing/<phase> (redone each time:
+    it only predicts)."""
+    return missing_phase_run(full, dataset, phase, out / "missing" / phase, out / "cache", n_boot)
+
+
 def run_ablate(
     dataset: str | Path,
     out: str | Path,
@@ -199,7 +217,8 @@ def run_ablate(
     kwargs_of: dict[str, dict[str, Any]] = {}
     records: dict[str, dict[str, Any]] = {}
     for variant in [full_model(suite)] + [v for t in chosen.values() for v in t.values()]:
-        if variant["model"] != "kinetics" and _key(variant) not in records:
+        trained = variant["model"] != "kinetics" and "missing_phase" not in variant
+        if trained and _key(variant) not in records:
             kwargs = {"profile": profile, **variant}
             if epochs is not None:
                 kwargs["epochs"] = epochs
@@ -228,7 +247,13 @@ def run_ablate(
     n_cases = len(oof_probs(runs[full_key])[0])
     for title, variants in chosen.items():
         reference = next(k for k, v in variants.items() if _key(v) == full_key)
-        table_runs = {k: runs[_key(v)] for k, v in variants.items() if v["model"] != "kinetics"}
+        table_runs = {
+            k: _missing_phase_run(runs[full_key], dataset, v["missing_phase"], out, n_boot)
+            if "missing_phase" in v
+            else runs[_key(v)]
+            for k, v in variants.items()
+            if v["model"] != "kinetics"
+        }
         rows = compare_runs(
             table_runs,
             dataset,
