@@ -483,6 +483,18 @@ def test_ablate_reuses_a_run_only_when_its_settings_match(cohort: Path, tmp_path
     # the same variant with other training settings is a new run too
     other = plan_run_dirs(runs, {_key(full): record(full, lr=1e-2)})
     assert other[_key(full)].name == "02_miff_spm"
+    # a run recorded before a setting existed ran with its default: still the same run
+    old = json.loads((runs / "00_miff_spm" / "run.json").read_text())
+    del old["training"]["augment_params"]["phase_dropout_prob"]
+    (runs / "00_miff_spm" / "run.json").write_text(json.dumps(old))
+    assert plan_run_dirs(runs, {_key(full): record(full)})[_key(full)].name == "00_miff_spm"
+    dropout = record(full)
+    dropout["training"]["augment_params"]["phase_dropout_prob"] = 0.5
+    assert plan_run_dirs(runs, {_key(full): dropout})[_key(full)].name == "02_miff_spm"
+    old["training"]["retired_setting"] = 1  # a setting this version no longer knows
+    (runs / "00_miff_spm" / "run.json").write_text(json.dumps(old))
+    assert plan_run_dirs(runs, {_key(full): record(full)})[_key(full)].name == "02_miff_spm"
+    (runs / "00_miff_spm" / "run.json").write_text(json.dumps({**record(full), "seconds": 1.0}))
     (runs / "01_miff_spm" / "predictions.csv").unlink()  # unfinished: its name is free again
     again = plan_run_dirs(runs, {_key(v): record(v) for v in (full, backbone)})
     assert again[_key(backbone)].name == "01_miff_spm"

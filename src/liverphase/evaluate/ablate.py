@@ -32,6 +32,8 @@ from liverphase.evaluate.cv import make_experiment, run_cv, run_record
 from liverphase.evaluate.missing_phase import missing_phase_run
 from liverphase.evaluate.report import markdown_table
 from liverphase.io.nifti import open_dataset
+from liverphase.preprocess.config import PreprocessConfig
+from liverphase.train.config import TrainConfig
 
 
 def _variant(model: str, **options: Any) -> dict[str, Any]:
@@ -156,12 +158,25 @@ def _key(variant: dict[str, Any]) -> str:
     )
 
 
+def _with_defaults(record: dict[str, Any]) -> dict[str, Any]:
+    """A run record with its training and preprocessing read back through their configs, so a run
+    recorded before a setting existed holds that setting's default (the behaviour it ran with)."""
+    out = dict(record)
+    for key, config in (("training", TrainConfig), ("preprocessing", PreprocessConfig)):
+        if isinstance(out.get(key), dict):
+            out[key] = json.loads(json.dumps(config.from_dict(out[key]).to_dict()))
+    return out
+
+
 def _holds(run_dir: Path, record: dict[str, Any]) -> bool:
     """Whether `run_dir` is a finished run whose run.json records exactly these settings."""
     if not ((run_dir / "run.json").is_file() and (run_dir / "predictions.csv").is_file()):
         return False
-    info = json.loads((run_dir / "run.json").read_text())
-    return all(info.get(k) == v for k, v in record.items())
+    try:
+        info = _with_defaults(json.loads((run_dir / "run.json").read_text()))
+    except ConfigError:  # a setting this version no longer knows: not the same run
+        return False
+    return all(info.get(k) == v for k, v in _with_defaults(record).items())
 
 
 def plan_run_dirs(runs_root: Path, records: dict[str, dict[str, Any]]) -> dict[str, Path]:
