@@ -292,7 +292,9 @@ def run_ablate(
         "AUC/accuracy/F1 with 95% CIs by bootstrap over patients; DeLong p against the full model"
         + (
             "; Dice, HD95 and surface Dice (2 mm) per case with patient-bootstrap CIs, Dice p a "
-            "paired patient bootstrap of the per-case Dice difference against the full model"
+            "paired patient bootstrap of the per-case Dice difference against the full model; "
+            "the rows of table 3 are the full model's own fold bundles re-predicting their test "
+            "cases with one phase withheld (nothing trained)"
             if suite == "std_net"
             else ""
         )
