@@ -75,8 +75,9 @@ class CachedStudyDataset(Dataset):
             )
         present = None
         if self.augment is not None:
-            image, mask = self.augment(image, mask, self.sample_seed(index))
-            present = self.augment.phase_presence(image.shape[0], self.sample_seed(index))
+            seed = self.sample_seed(index)
+            image, mask = self.augment(image, mask, seed)
+            present = self.augment.phase_presence(image.shape[0], seed)
             if present is not None:
                 image = np.where(present[:, None, None, None, None], image, np.float32(0))
         has_mask = mask is not None

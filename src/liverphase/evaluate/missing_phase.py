@@ -11,7 +11,6 @@ run: DeLong p on AUC, paired patient-bootstrap p on Dice.
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from liverphase.evaluate.predictions import Predictions
 from liverphase.evaluate.report import write_cv_report
 from liverphase.evaluate.segmentation import evaluate_segmentation
 from liverphase.io.nifti import open_dataset
+from liverphase.models.registry import accepts_phase_mask
 from liverphase.train.bundle import load_bundle
 
 
@@ -117,7 +117,7 @@ def _present_phases(
         raise ConfigError(f"{phase!r} is not one of the run's phases {phases}", "--missing-phases")
     if len(phases) < 2:
         raise ConfigError("a one-phase model has no phase to withhold", "--missing-phases")
-    if "phase_mask" not in inspect.signature(model.forward).parameters:
+    if not accepts_phase_mask(model):
         raise ConfigError(
             f"model {meta['model']!r} cannot predict with a phase missing (no phase mask; "
             f"bundle {bundle})",

@@ -17,7 +17,6 @@ give identical inputs.
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from liverphase.io.outputs import (
     write_unit_map,
 )
 from liverphase.io.study import Study
+from liverphase.models.registry import accepts_phase_mask
 from liverphase.models.tta import lesion_probability, predict_with_flips
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.preprocess.pipeline import PreprocessedStudy, map_to_reference, preprocess_study
@@ -88,7 +88,7 @@ class Predictor:
                 self.bundle_dir / "bundle.json",
             )
         self.segments = bool(getattr(self.model, "segments", False))
-        self.accepts_phase_mask = "phase_mask" in inspect.signature(self.model.forward).parameters
+        self.accepts_phase_mask = accepts_phase_mask(self.model)
         self.cv = cv_metrics(self.bundle_dir, self.meta)
         self.identity = bundle_identity(self.bundle_dir, self.meta)
         self._cam: PhaseGradCAM | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,3 +112,8 @@ def create_model(
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](num_classes=num_classes, phases=list(phases), **options)
+
+
+def accepts_phase_mask(model: nn.Module) -> bool:
+    """Whether the model's forward takes `phase_mask` (it can predict with a phase missing)."""
+    return "phase_mask" in inspect.signature(model.forward).parameters

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -14,7 +13,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from liverphase.errors import ConfigError
-from liverphase.models.registry import ModelOutput, MultiPhaseModel, create_model
+from liverphase.models.registry import (
+    ModelOutput,
+    MultiPhaseModel,
+    accepts_phase_mask,
+    create_model,
+)
 from liverphase.models.tta import lesion_probability
 from liverphase.train.config import TrainConfig
 
@@ -164,8 +168,8 @@ def check_lambda(model: torch.nn.Module, cfg: TrainConfig) -> None:
             f"{cfg.mtl_lambda}; set both (model_options.mtl_lambda and mtl_lambda)",
             "mtl_lambda",
         )
-    takes_mask = "phase_mask" in inspect.signature(model.forward).parameters
-    if cfg.augment and cfg.augment_params.phase_dropout_prob > 0 and not takes_mask:
+    dropout = cfg.augment and cfg.augment_params.phase_dropout_prob > 0
+    if dropout and not accepts_phase_mask(model):
         raise ConfigError(
             f"model {cfg.model!r} has no phase mask, so it cannot train with phases dropped; "
             "set phase_dropout_prob to 0 or use std_net / unet_channels",
