@@ -179,6 +179,62 @@ def run_record(exp: Experiment, folds: int, seed: int) -> dict[str, Any]:
     return json.loads(json.dumps(record))
 
 
+@dataclass
+class OutOfFold:
+    """Per-case out-of-fold results: class probabilities, lesion probability maps, fold index."""
+
+    probs: dict[str, np.ndarray]
+    lesion: dict[str, np.ndarray]
+    fold: dict[str, int]
+
+
+def write_oof_report(
+    out: Path,
+    ds: NnUNetDataset,
+    items: dict[str, dict[str, Any]],
+    oof: OutOfFold,
+    class_names: list[str],
+    *,
+    title: str,
+    model: str,
+    seed: int,
+    n_boot: int,
+) -> tuple[dict[str, Any], Predictions]:
+    """Predictions in dataset order, per-case segmentation metrics and the report of a RUN's
+    out-of-fold results (cv, and a cv RUN re-predicted); returns the metrics and predictions."""
+    order = [c.case_id for c in ds.cases if c.case_id in oof.probs]
+    index = {c: i for i, c in enumerate(class_names)}
+    preds = Predictions(
+        case_ids=order,
+        patient_ids=[items[c]["patient_id"] for c in order],
+        folds=[oof.fold[c] for c in order],
+        labels=np.array([index[items[c]["label"]] for c in order]),
+        probs=np.stack([oof.probs[c] for c in order]),
+        class_names=list(class_names),
+    )
+    seg_ids = [c for c in order if oof.lesion.get(c) is not None]
+    extra, sections = evaluate_segmentation(
+        out,
+        ds,
+        [items[c] for c in seg_ids],
+        [oof.lesion[c] for c in seg_ids],
+        [oof.fold[c] for c in seg_ids],
+        n_boot,
+    )
+    metrics = write_cv_report(
+        out,
+        preds,
+        title=title,
+        dataset=str(ds.root),
+        model=model,
+        seed=seed,
+        n_boot=n_boot,
+        extra_pooled=extra,
+        sections=sections,
+    )
+    return metrics, preds
+
+
 def run_cv(
     dataset: str | Path,
     out: str | Path,
@@ -228,35 +284,16 @@ def run_cv(
             probs = trainer.predict(test_items)
         for c, p in zip(fold["test"], probs, strict=True):
             case_fold[c], probs_by_case[c] = k, p
-    order = [c for c in ids if c in probs_by_case]
-    index = {c: i for i, c in enumerate(exp.class_names)}
-    preds = Predictions(
-        case_ids=order,
-        patient_ids=[items[c]["patient_id"] for c in order],
-        folds=[case_fold[c] for c in order],
-        labels=np.array([index[items[c]["label"]] for c in order]),
-        probs=np.stack([probs_by_case[c] for c in order]),
-        class_names=exp.class_names,
-    )
-    seg_ids = [c for c in order if c in lesion_by_case]
-    extra, sections = evaluate_segmentation(
+    metrics, preds = write_oof_report(
         out,
         ds,
-        [items[c] for c in seg_ids],
-        [lesion_by_case[c] for c in seg_ids],
-        [case_fold[c] for c in seg_ids],
-        n_boot,
-    )
-    metrics = write_cv_report(
-        out,
-        preds,
+        items,
+        OutOfFold(probs_by_case, lesion_by_case, case_fold),
+        exp.class_names,
         title=f"{exp.model}: {folds}-fold patient-level cross-validation",
-        dataset=str(ds.root),
         model=exp.model,
         seed=seed,
         n_boot=n_boot,
-        extra_pooled=extra,
-        sections=sections,
     )
     run_info = {
         **run_record(exp, folds, seed),

@@ -21,10 +21,8 @@ from liverphase.atomic import atomic_write_json, atomic_write_text
 from liverphase.data.splits import splits_from_json
 from liverphase.errors import ConfigError, DatasetError
 from liverphase.evaluate.compare import default_cache, run_info, run_items
+from liverphase.evaluate.cv import OutOfFold, write_oof_report
 from liverphase.evaluate.external import predict_items
-from liverphase.evaluate.predictions import Predictions
-from liverphase.evaluate.report import write_cv_report
-from liverphase.evaluate.segmentation import evaluate_segmentation
 from liverphase.io.nifti import open_dataset
 from liverphase.models.registry import accepts_phase_mask
 from liverphase.train.bundle import load_bundle
@@ -70,36 +68,17 @@ def missing_phase_run(
         for i, c in enumerate(test):
             probs_by_case[c], fold_of[c] = probs[i], k
             lesion_by_case[c] = lesion[i] if lesion is not None else None
-    order = [c.case_id for c in ds.cases if c.case_id in probs_by_case]
-    class_names = list(meta["class_names"])
-    preds = Predictions(
-        case_ids=order,
-        patient_ids=[items[c]["patient_id"] for c in order],
-        folds=[fold_of[c] for c in order],
-        labels=np.array([class_names.index(items[c]["label"]) for c in order]),
-        probs=np.stack([probs_by_case[c] for c in order]),
-        class_names=class_names,
-    )
-    seg_ids = [c for c in order if lesion_by_case[c] is not None]
-    extra, sections = evaluate_segmentation(
+    without = f" without {phase}" if phase else ""
+    write_oof_report(
         out,
         ds,
-        [items[c] for c in seg_ids],
-        [lesion_by_case[c] for c in seg_ids],
-        [fold_of[c] for c in seg_ids],
-        n_boot,
-    )
-    without = f" without {phase}" if phase else ""
-    write_cv_report(
-        out,
-        preds,
+        items,
+        OutOfFold(probs_by_case, lesion_by_case, fold_of),
+        list(meta["class_names"]),
         title=f"{info['model']}{without}: the folds of {run}, re-predicted",
-        dataset=str(ds.root),
         model=info["model"],
         seed=int(info.get("seed", 0)),
         n_boot=n_boot,
-        extra_pooled=extra,
-        sections=sections,
     )
     atomic_write_text(out / "splits.json", (run / "splits.json").read_text())
     atomic_write_json(out / "run.json", {**info, "missing_phase": phase, "source_run": str(run)})
