@@ -373,14 +373,15 @@ def _check_missing_phases(run: Path, other: Path, cohort: Path, tmp_path: Path) 
         + ["--missing-phases", "--no-kinetics"]
     )
     rows = [r["model"] for r in json.loads((out / "comparison.json").read_text())]
+    full = "std_net (base_channels=4, scales=3, temporal=transformer)"
     assert rows == [
-        "std_net",
-        *(f"std_net without {p}" for p in ("NC", "ART", "PV", "DL")),
-        "std_net (mean)",
+        full,
+        *(f"{full} without {p}" for p in ("NC", "ART", "PV", "DL")),
+        "std_net (base_channels=4, scales=3, temporal=mean)",
     ]
     table = {r["model"]: r for r in json.loads((out / "comparison.json").read_text())}
     for p in ("NC", "ART", "PV", "DL"):
-        row, folder = table[f"std_net without {p}"], out / f"missing_{p}"
+        row, folder = table[f"{full} without {p}"], out / f"missing_{p}"
         assert json.loads((folder / "run.json").read_text())["missing_phase"] == p
         assert (folder / "splits.json").read_bytes() == (run / "splits.json").read_bytes()
         assert 0.0 <= row["delong_p"] <= 1.0 and 0.0 <= row["dice_p"] <= 1.0

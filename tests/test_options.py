@@ -63,13 +63,25 @@ def test_bbox_text_and_units() -> None:
         parse_bbox("1 2 3", "cm")
 
 
-def test_runs_sharing_a_model_are_told_apart_by_folder(tmp_path: Path) -> None:
+def test_runs_are_labelled_by_model_and_options_then_folder(tmp_path: Path) -> None:
     runs = []
-    for name, model in (("a", "std_net"), ("b", "unet_channels"), ("c", "std_net")):
+    runs_given = (
+        ("a", "std_net", {"in_channels": 3}),
+        ("b", "unet_channels", {}),
+        ("c", "std_net", {"in_channels": 3}),
+        ("d", "std_net", {"in_channels": 3, "temporal": "concat", "region_kinetics": True}),
+    )
+    for name, model, options in runs_given:
         (tmp_path / name).mkdir()
-        (tmp_path / name / "run.json").write_text(json.dumps({"model": model}))
+        info = {"model": model, "model_options": options}
+        (tmp_path / name / "run.json").write_text(json.dumps(info))
         runs.append(tmp_path / name)
-    assert list(label_runs(runs)) == ["std_net", "unet_channels", "std_net (c)"]
+    assert list(label_runs(runs)) == [
+        "std_net",
+        "unet_channels",
+        "std_net [c]",
+        "std_net (temporal=concat, region_kinetics=true)",
+    ]
     with pytest.raises(ConfigError):
         label_runs([])
 

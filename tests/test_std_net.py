@@ -230,3 +230,38 @@ def test_region_kinetics_head_adds_features_and_gets_gradients(name: str) -> Non
         a = model(x).features[:, -6:]
         b = model(x + 0.3 * (torch.arange(2).view(1, 2, 1, 1, 1, 1) == 1)).features[:, -6:]
     assert not torch.allclose(a, b)
+
+
+def test_region_only_head_reads_the_mask_reading_and_nothing_deep() -> None:
+    from liverphase.models.heads import LesionPooledHead, region_enhancement
+
+    torch.manual_seed(0)
+    head = LesionPooledHead(8, 2, True, 0.0, region_inputs=2, deep_features=False)
+    x = torch.rand(2, 2, 1, 8, 16, 16)
+    seg = torch.randn(2, 2, 8, 16, 16)
+    deep_a, deep_b = torch.randn(2, 8, 2, 4, 4), torch.randn(2, 8, 2, 4, 4)
+    feats_a, logits_a = head(deep_a, seg, x)
+    feats_b, logits_b = head(deep_b, seg, x)
+    assert feats_a.shape == (2, 6) and head.fc.in_features == 6
+    torch.testing.assert_close(feats_a, region_enhancement(x, seg.softmax(1)[:, 1:2]))
+    torch.testing.assert_close(logits_a, logits_b)  # deep features do not enter
+    with pytest.raises(ValueError, match="region_kinetics"):
+        LesionPooledHead(8, 2, True, 0.0, region_inputs=0, deep_features=False)
+
+
+@pytest.mark.parametrize("name", ["std_net", "unet_channels"])
+def test_region_only_head_trains_the_head_alone_from_the_class_loss(name: str) -> None:
+    kwargs = {"scales": 3} if name == "std_net" else {}
+    with pytest.raises(ValueError, match="region_kinetics"):
+        make(name, p=2, deep_features=False, **kwargs)
+    model = make(name, p=2, region_kinetics=True, deep_features=False, **kwargs)
+    out = model(inputs(p=2))
+    assert out.features.shape == (2, 3 * 2 * 1)
+    torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1])).backward()
+    assert model.head.fc.weight.grad.abs().sum() > 0
+    # the probability is detached: the class loss reaches no weight outside the head
+    others = [p.grad for n, p in model.named_parameters() if not n.startswith("head.")]
+    assert all(g is None or not g.any() for g in others)
+    # the segmentation is untouched by the head's choice of features
+    full = make(name, p=2, region_kinetics=True, **kwargs)
+    torch.testing.assert_close(full(inputs(p=2)).seg_logits, out.seg_logits)

@@ -80,14 +80,26 @@ def run_info(run: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def run_label(run: Path) -> str:
+    """A run's model with the options it was given, e.g. `std_net (temporal=concat)`."""
+    info = run_info(run)
+    # in_channels follows the preprocessing's windows: every run records it, it tells runs apart less
+    options = {k: v for k, v in info.get("model_options", {}).items() if k != "in_channels"}
+    given = ", ".join(
+        f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items()
+    )
+    model = info.get("model", run.name)
+    return f"{model} ({given})" if given else model
+
+
 def label_runs(runs: Sequence[Path]) -> dict[str, Path]:
-    """Runs keyed by their model's name (the folder name added when two share a model)."""
+    """Runs keyed by their model and given options (the folder name added when two still clash)."""
     if not runs:
         raise ConfigError("give at least one run", "RUNS")
     labels: dict[str, Path] = {}
     for run in runs:
-        label = run_info(run).get("model", run.name)
-        labels[label if label not in labels else f"{label} ({run.name})"] = run
+        label = run_label(run)
+        labels[label if label not in labels else f"{label} [{run.name}]"] = run
     return labels
 
 

@@ -72,7 +72,10 @@ class LesionPooledHead(nn.Module):
     `region_inputs` = P·C (0 = off) adds `region_enhancement` of the model's input read through the
     predicted lesion probability to the features: the ROI means behind the classical kinetics
     baseline. Measured on the 80-case cohort it did not raise std_net's AUC
-    (benchmarks/results/cv_std80/select_dice30).
+    (benchmarks/results/cv_std80/select_dice30). `deep_features=False` leaves the deep features out,
+    so the class is read from the region means alone (a logistic regression on the model's own mask
+    reading, trained jointly): a few dozen features instead of hundreds, for cohorts too small for the
+    deep ones (benchmarks/results/cv_std240).
     """
 
     def __init__(
@@ -82,11 +85,18 @@ class LesionPooledHead(nn.Module):
         lesion_pool: bool,
         dropout: float,
         region_inputs: int = 0,
+        deep_features: bool = True,
     ):
         super().__init__()
+        if not deep_features and not region_inputs:
+            raise ValueError(
+                "deep_features=False needs region_kinetics: the head would read nothing"
+            )
         self.lesion_pool = lesion_pool
         self.region_inputs = region_inputs
-        self.out_features = channels * (2 if lesion_pool else 1) + 3 * region_inputs
+        self.deep_features = deep_features
+        deep = channels * (2 if lesion_pool else 1) if deep_features else 0
+        self.out_features = deep + 3 * region_inputs
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.out_features, num_classes)
 
@@ -99,10 +109,10 @@ class LesionPooledHead(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Deep (B, C, d, h, w), seg logits (B, 2, D, H, W) [, input x (B, P, C, D, H, W) and
         presence (B, P) for the region reading] → features (B, F), logits (B, K)."""
-        pooled = [deep.mean(dim=(2, 3, 4))]
+        pooled = [deep.mean(dim=(2, 3, 4))] if self.deep_features else []
         # detached: the class loss must not bend the mask toward what helps classification
         prob = seg_logits.detach().softmax(dim=1)[:, 1:2]
-        if self.lesion_pool:
+        if self.lesion_pool and self.deep_features:
             w = F.adaptive_avg_pool3d(prob, deep.shape[2:])
             w = w / (w.sum(dim=(2, 3, 4), keepdim=True) + 1e-6)
             pooled.append((deep * w).sum(dim=(2, 3, 4)))

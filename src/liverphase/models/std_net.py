@@ -42,7 +42,10 @@ Pipeline for x (B, P, C, D, H, W) with D, H, W divisible by 2^(scales − 1):
    model's own input through that probability: mean intensity of lesion core, rim and surrounding
    parenchyma per phase and window (`models.heads.region_enhancement`), appended to the features —
    the ROI reading of a radiologist and of the kinetics baseline, given to the head rather than
-   learned from a few dozen cases.
+   learned from a few dozen cases. `deep_features=False` (with `region_kinetics=True`) keeps only
+   that reading: the class becomes a linear read of lesion-vs-parenchyma enhancement per phase
+   through the model's own mask, and the class loss then trains the head alone (the probability is
+   detached), so segmentation and characterisation share the mask, not the gradients.
 
 Missing phases: `forward(x, phase_mask)` with a bool (B, P), True = present (None = all present; an
 all-True mask is the same as None). Absent phases are dropped from every fusion: they are masked keys
@@ -259,6 +262,7 @@ class StdNet(MultiPhaseModel):
         scales: int = 5,
         lesion_pool: bool = True,
         region_kinetics: bool = False,
+        deep_features: bool = True,
         checkpointing: bool = False,
         **unused: Any,
     ) -> None:
@@ -294,7 +298,9 @@ class StdNet(MultiPhaseModel):
         )
         self.seg_out = UnetOutBlock(3, widths[0], 2)
         regions = p * in_channels if region_kinetics else 0
-        self.head = LesionPooledHead(widths[-1], num_classes, lesion_pool, dropout, regions)
+        self.head = LesionPooledHead(
+            widths[-1], num_classes, lesion_pool, dropout, regions, deep_features
+        )
 
     def forward(self, x: torch.Tensor, phase_mask: torch.Tensor | None = None) -> ModelOutput:
         """x (B, P, C, D, H, W), optional presence mask (B, P) → logits, seg_logits, features."""
@@ -347,6 +353,7 @@ class UNetChannels(MultiPhaseModel):
         lesion_pool: bool = True,
         dropout: float = 0.0,
         region_kinetics: bool = False,
+        deep_features: bool = True,
         **unused: Any,
     ) -> None:
         reject_unknown_options("unet_channels", unused)
@@ -358,7 +365,9 @@ class UNetChannels(MultiPhaseModel):
         inner = [m for m in self.unet.modules() if isinstance(m, SkipConnection)][-1]
         inner.submodule = _Tap(inner.submodule)
         regions = len(self.phases) * in_channels if region_kinetics else 0
-        self.head = LesionPooledHead(widths[-1], num_classes, lesion_pool, dropout, regions)
+        self.head = LesionPooledHead(
+            widths[-1], num_classes, lesion_pool, dropout, regions, deep_features
+        )
 
     def forward(self, x: torch.Tensor, phase_mask: torch.Tensor | None = None) -> ModelOutput:
         """x (B, P, C, D, H, W), optional presence mask (B, P) → logits, seg_logits, features."""
