@@ -396,3 +396,30 @@ def test_phase_dropout_trains_the_masked_phase_path(toy, tmp_path, monkeypatch):
     no_mask = {**cfg, "model": "tiny_test_model", "model_options": {}}
     with pytest.raises(ConfigError, match="no phase mask"):
         make_trainer(no_mask, toy, tmp_path / "c", tensorboard=False).fit()
+
+
+def test_head_learning_rate_scale_gives_the_head_its_own_group():
+    from liverphase.models import create_model
+    from liverphase.train.recipe import build_optimizer, build_scheduler
+
+    net = create_model("std_net", num_classes=2, phases=["ART", "PV"], in_channels=1, scales=3)
+    head = {id(p) for p in net.head.parameters()}
+    for optimizer in ("adamw", "sgd"):
+        cfg = TrainConfig(model="std_net", lr=1e-3, head_lr_scale=30.0, optimizer=optimizer)
+        opt = build_optimizer(cfg, net)
+        rest_group, head_group = opt.param_groups
+        assert {id(p) for p in head_group["params"]} == head
+        assert not head & {id(p) for p in rest_group["params"]}
+        assert len(rest_group["params"]) + len(head) == len(list(net.parameters()))
+        assert (rest_group["lr"], head_group["lr"]) == (1e-3, pytest.approx(3e-2))
+    # the schedule scales both groups alike
+    cfg = TrainConfig(model="std_net", lr=1e-3, head_lr_scale=30.0, epochs=4)
+    opt = build_optimizer(cfg, net)
+    sched = build_scheduler(cfg, opt)
+    opt.step(), sched.step(), sched.step()
+    assert opt.param_groups[1]["lr"] == pytest.approx(30 * opt.param_groups[0]["lr"])
+    assert len(build_optimizer(TrainConfig(model="std_net"), net).param_groups) == 1
+    with pytest.raises(ConfigError, match="head_lr_scale"):
+        TrainConfig(head_lr_scale=0.0).validate()
+    with pytest.raises(ConfigError, match="head"):
+        build_optimizer(TrainConfig(head_lr_scale=2.0), torch.nn.Linear(2, 2))

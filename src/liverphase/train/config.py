@@ -22,7 +22,8 @@ class TrainConfig(ConfigBase):
 
     The defaults are the `cpu` profile. `model_options` go to `create_model` verbatim and into the
     bundle, so everything the model's constructor needs (e.g. miff_spm's `mtl_lambda`) belongs there;
-    `mtl_lambda` here weights the loss.
+    `mtl_lambda` here weights the loss. `head_lr_scale` runs the class head (parameters `head.*`) at
+    that multiple of `lr`, for a linear read-out that trains from scratch beside a slower network.
     """
 
     model: str = "miff_spm"
@@ -51,6 +52,7 @@ class TrainConfig(ConfigBase):
     grad_clip: float = 0.0
     seg_weight: float = 1.0
     cls_weight: float = 1.0
+    head_lr_scale: float = 1.0
 
     def validate(self) -> None:
         """Check choices and ranges; raise ConfigError naming the field."""
@@ -68,7 +70,7 @@ class TrainConfig(ConfigBase):
         for name in ("epochs", "batch_size", "step_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"must be >= 1, got {getattr(self, name)}", name)
-        for name in ("lr", "gamma"):
+        for name in ("lr", "gamma", "head_lr_scale"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"must be > 0, got {getattr(self, name)}", name)
         for name in (
