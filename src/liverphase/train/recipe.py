@@ -111,11 +111,12 @@ def slice_output(out: ModelOutput, i: int) -> ModelOutput:
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum or AdamW over the trainable parameters (the class head's at its own lr)."""
-    params: list[Any] = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params: list[Any] = [p for _, p in named]
     if cfg.head_lr_scale != 1.0:
         # a linear read-out of a few fixed features (std_net's region-only head) needs a far higher
-        # rate than the network: at lr 3e-4 it is still underfitted after twenty epochs
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        # rate than the network: at lr 3e-4 it is underfitted after twenty epochs
+        # (benchmarks/crop_signal.py --head-lrs)
         head = [p for n, p in named if n.startswith("head.")]
         if not head:
             raise ConfigError(f"{cfg.model} has no head.* parameters to scale", "head_lr_scale")
