@@ -10,11 +10,21 @@ For every case of the RUN's preprocessing (read from its cache; built when missi
 Each goes through the kinetics baseline's logistic regression on the RUN's own folds; the pooled
 out-of-fold AUC says whether the signal is in the input and whether it needs the lesion's regions.
 
+`--predicted` (a RUN of a segmenting model) also reads the `head` features through each fold's own
+predicted lesion probability (fold_k/bundle, no test-time augmentation; fold k's model for fold k's
+training and test cases), the way the model's region-only head reads them: whether the class signal is
+lost in the read-out or in the mask. It prints the test-fold Dice of that mask (at 0.5), the AUC with
+the predicted mask, with one region (core, rim, around) read through the true mask instead, and with
+`--pool-module NAME` the lesion-weighted mean of the input of that submodule (`seg_out`: std_net's last
+decoder features) alone and beside the `head` features: whether the segmentation's own features carry
+class signal.
+
 `--head-lrs 3e-4,1e-2` also trains one linear layer on the `head` features per fold the way the
 trainer trains that head (AdamW, cosine to zero over `--epochs`, batch 4, all training cases) at each
 learning rate: whether a read-out at the network's rate is underfitted (`train.head_lr_scale`).
 
 Usage: python benchmarks/crop_signal.py RUN DATASET [--cache DIR] [--head-lrs LRS] [--epochs N]
+       [--predicted [--pool-module NAME]]
 Prints one line per feature set (and learning rate); needs crops with a lesion mask.
 """
 
@@ -29,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
+from torch.nn import functional as F
 
 from liverphase.data.splits import splits_from_json
 from liverphase.evaluate.compare import default_cache, run_items
@@ -36,6 +47,9 @@ from liverphase.evaluate.kinetics_baseline import logistic_regression_cv
 from liverphase.io.nifti import open_dataset
 from liverphase.models.heads import region_enhancement
 from liverphase.preprocess.kinetics import lesion_regions
+from liverphase.train.bundle import load_bundle
+
+REGIONS = ("core", "rim", "around")
 
 
 def crop_features(
@@ -82,6 +96,96 @@ def linear_head_probs(
     return out
 
 
+@torch.no_grad()
+def predicted_readings(
+    bundle: Path, images: dict[str, torch.Tensor], pool_module: str | None
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per case: the fold model's lesion probability (D, H, W) and, with `pool_module`, the
+    lesion-weighted mean of that submodule's input (its channels)."""
+    model, _ = load_bundle(bundle)
+    taken: dict[str, torch.Tensor] = {}
+    if pool_module:
+        modules = dict(model.named_modules())
+        if pool_module not in modules:
+            raise SystemExit(f"{bundle}: the model has no submodule {pool_module!r}")
+        modules[pool_module].register_forward_hook(lambda m, a, o: taken.update(x=a[0]))
+    out = {}
+    for case, x in images.items():
+        prob = model(x).seg_logits.softmax(dim=1)[:, 1:2]
+        row = {"prob": prob[0, 0].numpy()}
+        if pool_module:
+            w = F.interpolate(prob, size=taken["x"].shape[2:], mode="trilinear")
+            row["pooled"] = ((taken["x"] * w).sum(dim=(2, 3, 4)) / (w.sum() + 1e-6))[0].numpy()
+        out[case] = row
+    return out
+
+
+def pooled_auc(
+    per_fold: Sequence[dict[str, np.ndarray]],
+    labels: dict[str, str],
+    folds: Sequence[Any],
+    class_names: Sequence[str],
+) -> float:
+    """Pooled out-of-fold AUC of the logistic regression, fold k fitted on its own features."""
+    probs: dict[str, np.ndarray] = {}
+    for features, fold in zip(per_fold, folds, strict=True):
+        probs.update(logistic_regression_cv(features, labels, [fold], class_names))
+    ids = sorted(probs)
+    return float(
+        roc_auc_score([labels[c] == class_names[-1] for c in ids], [probs[c][-1] for c in ids])
+    )
+
+
+def print_predicted(
+    run: Path,
+    items: dict[str, dict[str, Any]],
+    folds: Sequence[Any],
+    class_names: Sequence[str],
+    pool_module: str | None,
+) -> None:
+    """The `--predicted` lines: the head features through each fold's predicted mask."""
+    images = {
+        c: torch.from_numpy(np.load(it["image"]).astype(np.float32))[None]
+        for c, it in items.items()
+    }
+    truth = {c: np.load(it["mask"]) > 0 for c, it in items.items()}
+
+    def head(case: str, prob: np.ndarray) -> np.ndarray:
+        p = torch.from_numpy(prob.astype(np.float32))[None, None]
+        return region_enhancement(images[case], p)[0].numpy()
+
+    true_head = {c: head(c, m) for c, m in truth.items()}
+    sets: dict[str, list[dict[str, np.ndarray]]] = {}
+    dice = []
+    for k, fold in enumerate(folds):
+        readings = predicted_readings(run / f"fold_{k}" / "bundle", images, pool_module)
+        for c in fold["test"]:
+            pred = readings[c]["prob"] > 0.5
+            dice.append(2 * (pred & truth[c]).sum() / (pred.sum() + truth[c].sum() + 1e-9))
+        pred_head = {c: head(c, r["prob"]) for c, r in readings.items()}
+        sets.setdefault("head, predicted mask", []).append(pred_head)
+        for i, region in enumerate(REGIONS):
+            mixed = {}
+            for c, v in pred_head.items():
+                # region_enhancement's layout: (phase, region, channel) flattened
+                v = v.reshape(len(images[c][0]), len(REGIONS), -1).copy()
+                v[:, i] = true_head[c].reshape(v.shape)[:, i]
+                mixed[c] = v.ravel()
+            sets.setdefault(f"head, predicted mask, true {region}", []).append(mixed)
+        if pool_module:
+            pooled = {c: r["pooled"] for c, r in readings.items()}
+            both = {c: np.concatenate([pred_head[c], pooled[c]]) for c in pooled}
+            sets.setdefault(f"lesion-pooled {pool_module} input", []).append(pooled)
+            sets.setdefault(f"head, predicted mask + pooled {pool_module}", []).append(both)
+    labels = {c: it["label"] for c, it in items.items()}
+    print(f"predicted mask: test-fold Dice {np.mean(dice):.3f} (median {np.median(dice):.3f})")
+    for name, per_fold in sets.items():
+        width = len(next(iter(per_fold[0].values())))
+        print(
+            f"{name}: {width} features, pooled AUC {pooled_auc(per_fold, labels, folds, class_names):.3f}"
+        )
+
+
 def main() -> None:
     """Print the pooled out-of-fold AUC of each feature set on the RUN's folds."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -90,6 +194,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--head-lrs", default="", help="comma-separated learning rates")
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--predicted", action="store_true", help="read through the folds' masks")
+    parser.add_argument("--pool-module", default=None, help="with --predicted: a submodule name")
     args = parser.parse_args()
     ds = open_dataset(args.dataset)
     items = run_items(args.run, ds, args.cache or default_cache(args.run))
@@ -104,16 +210,16 @@ def main() -> None:
     positive = ds.class_names[-1]
     for name in ("global", "regions", "head"):
         x = {c: f[name] for c, f in feats.items()}
-        probs = logistic_regression_cv(x, labels, folds, ds.class_names)
-        ids = sorted(probs)
-        auc = roc_auc_score([labels[c] == positive for c in ids], [probs[c][-1] for c in ids])
-        print(f"{name}: {len(x[ids[0]])} features, {len(ids)} cases, pooled AUC {auc:.3f}")
+        auc = pooled_auc([x] * len(folds), labels, folds, ds.class_names)
+        print(f"{name}: {len(x[next(iter(x))])} features, {len(x)} cases, pooled AUC {auc:.3f}")
     y = {c: int(label == positive) for c, label in labels.items()}
     x = {c: f["head"] for c, f in feats.items()}
     for lr in [float(v) for v in args.head_lrs.split(",") if v]:
         p = linear_head_probs(x, y, folds, lr, args.epochs)
         auc = roc_auc_score([y[c] for c in sorted(p)], [p[c] for c in sorted(p)])
         print(f"head, linear layer, AdamW lr {lr:g}, {args.epochs} epochs: pooled AUC {auc:.3f}")
+    if args.predicted:
+        print_predicted(args.run, items, folds, ds.class_names, args.pool_module)
 
 
 if __name__ == "__main__":
