@@ -44,6 +44,7 @@ from torch.nn import functional as F
 from liverphase.data.splits import splits_from_json
 from liverphase.evaluate.compare import default_cache, run_items
 from liverphase.evaluate.kinetics_baseline import logistic_regression_cv
+from liverphase.evaluate.segmentation import segmentation_metrics
 from liverphase.io.nifti import open_dataset
 from liverphase.models.heads import region_enhancement
 from liverphase.preprocess.kinetics import lesion_regions
@@ -85,7 +86,7 @@ def linear_head_probs(
         target = torch.tensor([y[c] for c in fold["train"]])
         for _ in range(epochs):
             for batch in torch.randperm(len(train)).split(4):
-                loss = torch.nn.functional.cross_entropy(fc(train[batch]), target[batch])
+                loss = F.cross_entropy(fc(train[batch]), target[batch])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -138,30 +139,26 @@ def pooled_auc(
 
 def print_predicted(
     run: Path,
-    items: dict[str, dict[str, Any]],
+    crops: dict[str, tuple[np.ndarray, np.ndarray, Sequence[float]]],
+    true_head: dict[str, np.ndarray],
+    labels: dict[str, str],
     folds: Sequence[Any],
     class_names: Sequence[str],
     pool_module: str | None,
 ) -> None:
     """The `--predicted` lines: the head features through each fold's predicted mask."""
-    images = {
-        c: torch.from_numpy(np.load(it["image"]).astype(np.float32))[None]
-        for c, it in items.items()
-    }
-    truth = {c: np.load(it["mask"]) > 0 for c, it in items.items()}
+    images = {c: torch.from_numpy(crop[0].astype(np.float32))[None] for c, crop in crops.items()}
 
     def head(case: str, prob: np.ndarray) -> np.ndarray:
-        p = torch.from_numpy(prob.astype(np.float32))[None, None]
-        return region_enhancement(images[case], p)[0].numpy()
+        return region_enhancement(images[case], torch.from_numpy(prob)[None, None])[0].numpy()
 
-    true_head = {c: head(c, m) for c, m in truth.items()}
     sets: dict[str, list[dict[str, np.ndarray]]] = {}
     dice = []
     for k, fold in enumerate(folds):
         readings = predicted_readings(run / f"fold_{k}" / "bundle", images, pool_module)
         for c in fold["test"]:
-            pred = readings[c]["prob"] > 0.5
-            dice.append(2 * (pred & truth[c]).sum() / (pred.sum() + truth[c].sum() + 1e-9))
+            _, mask, spacing = crops[c]
+            dice.append(segmentation_metrics(readings[c]["prob"] > 0.5, mask, spacing)["dice"])
         pred_head = {c: head(c, r["prob"]) for c, r in readings.items()}
         sets.setdefault("head, predicted mask", []).append(pred_head)
         for i, region in enumerate(REGIONS):
@@ -177,7 +174,6 @@ def print_predicted(
             both = {c: np.concatenate([pred_head[c], pooled[c]]) for c in pooled}
             sets.setdefault(f"lesion-pooled {pool_module} input", []).append(pooled)
             sets.setdefault(f"head, predicted mask + pooled {pool_module}", []).append(both)
-    labels = {c: it["label"] for c, it in items.items()}
     print(f"predicted mask: test-fold Dice {np.mean(dice):.3f} (median {np.median(dice):.3f})")
     for name, per_fold in sets.items():
         width = len(next(iter(per_fold[0].values())))
@@ -200,12 +196,13 @@ def main() -> None:
     ds = open_dataset(args.dataset)
     items = run_items(args.run, ds, args.cache or default_cache(args.run))
     folds = splits_from_json(args.run / "splits.json")
-    feats = {}
+    crops = {}
     for c, it in items.items():
         if it["mask"] is None:
             raise SystemExit(f"{args.dataset}: case {c} has no lesion mask, so no lesion regions")
         meta = json.loads((Path(it["image"]).parent / "meta.json").read_text())
-        feats[c] = crop_features(np.load(it["image"]), np.load(it["mask"]), meta["scale_mm"])
+        crops[c] = (np.load(it["image"]), np.load(it["mask"]), meta["scale_mm"])
+    feats = {c: crop_features(*crop) for c, crop in crops.items()}
     labels = {c: it["label"] for c, it in items.items()}
     positive = ds.class_names[-1]
     for name in ("global", "regions", "head"):
@@ -219,7 +216,7 @@ def main() -> None:
         auc = roc_auc_score([y[c] for c in sorted(p)], [p[c] for c in sorted(p)])
         print(f"head, linear layer, AdamW lr {lr:g}, {args.epochs} epochs: pooled AUC {auc:.3f}")
     if args.predicted:
-        print_predicted(args.run, items, folds, ds.class_names, args.pool_module)
+        print_predicted(args.run, crops, x, labels, folds, ds.class_names, args.pool_module)
 
 
 if __name__ == "__main__":
