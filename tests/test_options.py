@@ -86,6 +86,18 @@ def test_runs_are_labelled_by_model_and_options_then_folder(tmp_path: Path) -> N
         label_runs([])
 
 
+def test_runs_on_other_phases_than_the_first_name_them(tmp_path: Path) -> None:
+    runs = []
+    for name, phases in (("four", None), ("art_pv", ["ART", "PV"]), ("again", None)):
+        (tmp_path / name).mkdir()
+        info = {"model": "std_net", "model_options": {}, "preprocessing": {"phases": phases}}
+        (tmp_path / name / "run.json").write_text(json.dumps(info))
+        runs.append(tmp_path / name)
+    assert list(label_runs(runs)) == ["std_net", "std_net (phases=ART+PV)", "std_net [again]"]
+    # with a subset first, the full run is the one that differs
+    assert list(label_runs(runs[1::-1])) == ["std_net", "std_net (phases=all)"]
+
+
 def test_cli_rejects_unknown_models_and_bad_boxes_in_one_line(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -60,12 +60,15 @@ def test_two_processes_match_one(tmp_path):
     assert one["world"] == 1
     cfg = tmp_path / "two.json"
     cfg.write_text(json.dumps(spec(tmp_path / "two", plugins=[str(TESTS / "_trainer_support.py")])))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a rank that aborts prints every thread's Python stack (where it died: training or teardown)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "liverphase.train.run_ddp"]
     proc = subprocess.run(
         [*cmd, "--config", str(cfg)], env=env, capture_output=True, text=True, timeout=300
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    noise = "find_unused_parameters=True was specified"
+    stderr = "\n".join(line for line in proc.stderr.splitlines() if noise not in line)
+    assert proc.returncode == 0, stderr[-6000:]
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["world"] == 2
     assert two["best_epoch"] == one["best_epoch"]

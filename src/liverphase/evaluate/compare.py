@@ -80,11 +80,14 @@ def run_info(run: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def run_label(run: Path) -> str:
-    """A run's model with the options it was given, e.g. `std_net (temporal=concat)`."""
+def run_label(run: Path, phases: bool = False) -> str:
+    """A run's model with the options it was given, e.g. `std_net (temporal=concat)`; with `phases`,
+    the phase subset it trained on too (`std_net (phases=ART+PV)`)."""
     info = run_info(run)
     # in_channels follows the preprocessing's windows: every run records it, it tells runs apart less
     options = {k: v for k, v in info.get("model_options", {}).items() if k != "in_channels"}
+    if phases:
+        options["phases"] = "+".join(run_phases(run) or ["all"])
     given = ", ".join(
         f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items()
     )
@@ -92,13 +95,21 @@ def run_label(run: Path) -> str:
     return f"{model} ({given})" if given else model
 
 
+def run_phases(run: Path) -> list[str] | None:
+    """The phases a run's preprocessing kept (None: every phase of its dataset)."""
+    kept = run_info(run).get("preprocessing", {}).get("phases")
+    return list(kept) if kept else None
+
+
 def label_runs(runs: Sequence[Path]) -> dict[str, Path]:
-    """Runs keyed by their model and given options (the folder name added when two still clash)."""
+    """Runs keyed by their model and given options; runs trained on other phases than the first run
+    name their phases; the folder name is added when two labels still clash."""
     if not runs:
         raise ConfigError("give at least one run", "RUNS")
+    first = run_phases(runs[0])
     labels: dict[str, Path] = {}
     for run in runs:
-        label = run_label(run)
+        label = run_label(run, phases=run_phases(run) != first)
         labels[label if label not in labels else f"{label} [{run.name}]"] = run
     return labels
 
