@@ -111,3 +111,59 @@ def test_kinetics_do_not_depend_on_the_models_crop(study: Study) -> None:
     # ring volume of a 12 mm sphere from 3 to 10 mm outside it, on the 2.5 x 2.5 x 4 mm grid
     ring_mm3 = 4 / 3 * np.pi * (22.0**3 - 15.0**3)
     assert k_tight["regions_voxels"]["surround"] == pytest.approx(ring_mm3 / 25.0, rel=0.25)
+
+
+def test_liver_reference_takes_out_a_phase_wide_offset(study: Study) -> None:
+    # every phase is the PV image plus its own constant (a bolus or timing change moves the whole
+    # phase): relative to the liver ring the phases are the same; in absolute HU they are not
+    pv = sitk.Cast(study.phases["PV"], sitk.sitkFloat32)
+    offsets = {"NC": -45.0, "ART": -20.0, "PV": 0.0, "DL": 25.0}
+    moved = Study(
+        "o0", {p: pv + c for p, c in offsets.items()}, mask=study.mask, reference_phase="PV"
+    )
+    liver = preprocess_study(moved, PreprocessConfig(**SMALL, intensity_reference="liver"))
+    absolute = preprocess_study(moved, PreprocessConfig(**SMALL))
+    for k in range(1, 4):
+        np.testing.assert_allclose(liver.image[k], liver.image[0], atol=0.02)
+    assert np.abs(absolute.image[3] - absolute.image[0]).max() > 0.3
+    rings = {p: liver.meta["normalisation"][p]["liver_ring"] for p in offsets}
+    for p, c in offsets.items():
+        assert rings[p] - rings["PV"] == pytest.approx(c, abs=1.5)
+
+
+def test_liver_reference_puts_the_ring_at_the_anchor(study: Study) -> None:
+    from liverphase.preprocess.pipeline import _boxes
+    from liverphase.preprocess.roi import outside_box
+
+    cfg = PreprocessConfig(**SMALL, intensity_reference="liver", liver_anchor=60.0)
+    out = preprocess_study(study, cfg)
+    _, box, grid, _ = _boxes(study, cfg, None)
+    ring = outside_box(grid, box)
+    assert 0.2 < ring.mean() < 0.9 and not ring[4, 12, 10]  # the margin, not the lesion centre
+    # window (60, 160) spans -20..140 HU: a ring at 60 HU reads 0.5 in every phase
+    for k in range(4):
+        assert np.median(out.image[k, 1][ring]) == pytest.approx(0.5, abs=0.05)
+    mri = Study(
+        "m1",
+        {p: sitk.Cast(i, sitk.sitkFloat32) + 1000.0 for p, i in study.phases.items()},
+        mask=study.mask,
+        reference_phase="PV",
+    )
+    m = preprocess_study(
+        mri, PreprocessConfig(**SMALL, modality="mri", intensity_reference="liver")
+    )
+    assert np.median(m.image[2, 0][ring]) == pytest.approx(0.5, abs=0.02)
+
+
+def test_liver_reference_config_and_cache_key() -> None:
+    from liverphase.errors import ConfigError
+    from liverphase.preprocess.cache import cache_key
+
+    base = PreprocessConfig(**SMALL)
+    assert "intensity_reference" not in base.key_dict()  # caches built before the field stay valid
+    liver = PreprocessConfig(**SMALL, intensity_reference="liver")
+    assert cache_key([], base) != cache_key([], liver)
+    with pytest.raises(ConfigError, match="intensity_reference"):
+        PreprocessConfig(**SMALL, intensity_reference="liver", margin_mm=0.0).validate()
+    with pytest.raises(ConfigError, match="intensity_reference"):
+        PreprocessConfig(**SMALL, intensity_reference="spleen").validate()

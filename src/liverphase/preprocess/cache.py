@@ -114,7 +114,7 @@ def cache_key(
     payload = {
         "format": CACHE_FORMAT,
         "version": __version__,
-        "config": config.to_dict(),
+        "config": config.key_dict(),
         "files": [list(f) for f in files],
         "extra": extra or {},
     }

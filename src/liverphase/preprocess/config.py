@@ -13,6 +13,10 @@ MODALITIES = ("ct", "mri")
 ROI_SOURCES = ("mask", "bbox", "mask_jitter", "image")
 TRANSFORMS = ("rigid", "affine")
 MRI_NORMS = ("percentile", "zscore")
+INTENSITY_REFERENCES = ("absolute", "liver")
+# Fields added after caches existed: left out of the cache key while at their default, so caches
+# built before them stay valid.
+KEY_OPTIONAL: dict[str, object] = {"intensity_reference": "absolute", "liver_anchor": 60.0}
 
 # (level, width) in HU: abdomen soft tissue, liver parenchyma, and a narrow window around
 # enhancing lesion values (the paper's "pseudo-colour" input: one window per channel).
@@ -61,6 +65,12 @@ class PreprocessConfig(ConfigBase):
     mri_norm: str = "percentile"
     mri_percentiles: tuple[float, float] = (1.0, 99.0)
     pad_value: float | None = None
+    # "liver": every phase is read relative to the parenchyma around the lesion box (the crop's
+    # margin ring, median), as a radiologist reads relative enhancement; this takes out the study's
+    # bolus strength, arterial timing and unenhanced liver attenuation. CT: the ring is moved to
+    # `liver_anchor` HU before windowing; MRI: the signal is divided by the ring, liver at 0.5.
+    intensity_reference: str = "absolute"
+    liver_anchor: float = 60.0
 
     def validate(self) -> None:
         """Check every value; raise ConfigError naming the field."""
@@ -68,6 +78,14 @@ class PreprocessConfig(ConfigBase):
         _choice("roi_source", self.roi_source, ROI_SOURCES)
         _choice("register_transform", self.register_transform, TRANSFORMS)
         _choice("mri_norm", self.mri_norm, MRI_NORMS)
+        _choice("intensity_reference", self.intensity_reference, INTENSITY_REFERENCES)
+        if self.intensity_reference == "liver" and (
+            self.margin_mm <= 0 or self.roi_source == "image"
+        ):
+            raise ConfigError(
+                "needs a crop margin around the lesion box (margin_mm > 0, roi_source not image)",
+                "intensity_reference",
+            )
         if len(self.size) != 3 or any(n < 2 for n in self.size):
             raise ConfigError(f"must be three integers >= 2, got {self.size}", "size")
         for name in ("margin_mm", "register_margin_mm"):
@@ -114,6 +132,14 @@ class PreprocessConfig(ConfigBase):
             phases=tuple(self.phases if self.phases is not None else dataset_phases),
             channels=self.n_channels,
         )
+
+    def key_dict(self) -> dict[str, object]:
+        """`to_dict` without the KEY_OPTIONAL fields that hold their default (for cache keys)."""
+        data = self.to_dict()
+        for name, default in KEY_OPTIONAL.items():
+            if data.get(name) == default:
+                data.pop(name)
+        return data
 
     @property
     def n_channels(self) -> int:

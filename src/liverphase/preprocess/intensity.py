@@ -65,6 +65,16 @@ def mri_channel(array: np.ndarray, offset: float, scale: float, clip: bool) -> n
     return out[None]
 
 
+def ring_reference(
+    array: np.ndarray, ring: np.ndarray, value_range: tuple[float, float] | None = None
+) -> float | None:
+    """Median of `array` over the `ring` voxels inside `value_range` (None: fewer than 20 voxels)."""
+    values = np.asarray(array, np.float32)[ring]
+    if value_range is not None:
+        values = values[(values >= value_range[0]) & (values <= value_range[1])]
+    return float(np.median(values)) if values.size >= 20 else None
+
+
 def hu_warning(array: np.ndarray, phase: str, fraction: float = 0.01) -> str | None:
     """A warning when more than `fraction` of a CT crop lies outside the HU range."""
     arr = np.asarray(array)

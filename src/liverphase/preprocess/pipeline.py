@@ -28,8 +28,14 @@ from liverphase.preprocess.geometry import (
     smooth_for_downsampling,
     to_canonical,
 )
-from liverphase.preprocess.intensity import ct_channels, hu_warning, mri_channel, mri_stats
-from liverphase.preprocess.kinetics import KINETICS_MARGIN_MM, measure_kinetics
+from liverphase.preprocess.intensity import (
+    ct_channels,
+    hu_warning,
+    mri_channel,
+    mri_stats,
+    ring_reference,
+)
+from liverphase.preprocess.kinetics import KINETICS_MARGIN_MM, PARENCHYMA_HU, measure_kinetics
 from liverphase.preprocess.register import (
     RegistrationResult,
     fixed_region,
@@ -47,6 +53,7 @@ from liverphase.preprocess.roi import (
     jitter_box,
     leaves_volume,
     native_grid,
+    outside_box,
     phases_on_grid,
     resample_to_grid,
     to_reference_grid,
@@ -89,21 +96,22 @@ def lesion_box(study: Study, source: str) -> tuple[Box, str]:
 
 def _boxes(
     study: Study, config: PreprocessConfig, rng: np.random.Generator | None
-) -> tuple[Box, CropGrid, str]:
+) -> tuple[Box, Box, CropGrid, str]:
+    """(lesion box, the box the crop frames: the lesion's or a jittered one, crop grid, ROI used)."""
     lesion, used = lesion_box(study, config.roi_source)
     box = lesion
     if config.roi_source == "mask_jitter":
         rng = rng if rng is not None else _case_rng(config, study.case_id)
         box = jitter_box(lesion, rng, config.jitter_scale, config.jitter_shift)
     grid = grid_for_box(box.expand(config.margin_mm), config.size, config.keep_aspect)
-    return lesion, grid, used
+    return lesion, box, grid, used
 
 
 def crop_box_for(
     study: Study, config: PreprocessConfig, rng: np.random.Generator | None = None
 ) -> CropGrid:
     """The crop grid (lesion box + margin, resized to `config.size`) of a study."""
-    return _boxes(study, config, rng)[1]
+    return _boxes(study, config, rng)[2]
 
 
 def map_to_reference(
@@ -206,7 +214,7 @@ def preprocess_study(
     canon = {p: to_canonical(study.phases[p]) for p in needed}
     lap("canonical")
 
-    lesion, grid, used = _boxes(study, config, rng)
+    lesion, box, grid, used = _boxes(study, config, rng)
     if used != config.roi_source and config.roi_source != "mask_jitter":
         warnings.append(f"roi_source {config.roi_source!r} unavailable: box taken from the {used}")
     if leaves_volume(grid, study.reference):
@@ -232,17 +240,27 @@ def preprocess_study(
     lap("resample")
 
     channels, norm = [], {}
+    refs = _liver_references(raw, grid, box, config, warnings)
     for p in phases:
         if config.modality == "ct":
             if (w := hu_warning(raw[p], p)) is not None:
                 warnings.append(w)
-            channels.append(ct_channels(raw[p], config.ct_windows))
+            if p in refs:
+                norm[p] = {"liver_ring": refs[p]}
+            shift = config.liver_anchor - refs[p] if p in refs else 0.0
+            channels.append(ct_channels(raw[p] + np.float32(shift), config.ct_windows))
         else:
-            offset, scale = mri_stats(canon[p], config.mri_norm, config.mri_percentiles)
-            norm[p] = {"offset": offset, "scale": scale}
-            channels.append(
-                mri_channel(raw[p], offset, scale, clip=config.mri_norm == "percentile")
-            )
+            if p in refs:  # liver at 0.5: twice the parenchyma's signal reaches 1
+                offset, scale, clip = 0.0, 2.0 * refs[p], True
+            else:
+                offset, scale = mri_stats(canon[p], config.mri_norm, config.mri_percentiles)
+                clip = config.mri_norm == "percentile"
+            norm[p] = {
+                "offset": offset,
+                "scale": scale,
+                **({"liver_ring": refs[p]} if p in refs else {}),
+            }
+            channels.append(mri_channel(raw[p], offset, scale, clip=clip))
     image = np.ascontiguousarray(np.stack(channels), dtype=np.float32)
     lap("intensity")
     kinetics = None
@@ -277,6 +295,30 @@ def preprocess_study(
     if kinetics is not None:
         meta["kinetics"] = kinetics
     return PreprocessedStudy(study.case_id, image, mask, meta)
+
+
+def _liver_references(
+    raw: dict[str, np.ndarray],
+    grid: CropGrid,
+    box: Box,
+    config: PreprocessConfig,
+    warnings: list[str],
+) -> dict[str, float]:
+    """Per phase, the parenchyma level in the crop's margin ring (empty unless asked for)."""
+    if config.intensity_reference != "liver":
+        return {}
+    ring = outside_box(grid, box)
+    ct = config.modality == "ct"
+    refs: dict[str, float] = {}
+    for p, values in raw.items():
+        ref = ring_reference(values, ring, PARENCHYMA_HU if ct else None)
+        if ref is None or (not ct and ref <= 0):
+            warnings.append(
+                f"{p}: too little parenchyma in the crop margin; absolute intensities kept"
+            )
+        else:
+            refs[p] = ref
+    return refs
 
 
 def _study_kinetics(

@@ -196,6 +196,15 @@ def grid_for_box(box: Box, size_zyx: Sequence[int], keep_aspect: bool = False) -
     return CropGrid(_vec(origin), _vec(spacing), tuple(int(n) for n in size), tuple(box.direction))  # type: ignore[arg-type]
 
 
+def outside_box(grid: CropGrid, box: Box) -> np.ndarray:
+    """Voxels (D, H, W) of `grid` whose centres lie outside `box` (same frame): the crop's margin."""
+    lo = np.asarray(grid.box.lo)
+    centres = [lo[a] + grid.spacing[a] * (np.arange(grid.size[a]) + 0.5) for a in range(3)]
+    inside = [(c >= box.lo[a]) & (c <= box.hi[a]) for a, c in enumerate(centres)]
+    x, y, z = inside
+    return ~(z[:, None, None] & y[None, :, None] & x[None, None, :])
+
+
 def native_grid(box: Box, reference: sitk.Image, max_size: int = 128) -> CropGrid:
     """A grid over `box` with about `reference`'s voxel size (canonical reference), at most
     `max_size` voxels an axis: where region means in HU are measured at the scan's own detail."""
