@@ -86,7 +86,7 @@ def test_runs_are_labelled_by_model_and_options_then_folder(tmp_path: Path) -> N
         label_runs([])
 
 
-def test_runs_on_other_phases_than_the_first_name_them(tmp_path: Path) -> None:
+def test_runs_name_the_preprocessing_settings_they_change(tmp_path: Path) -> None:
     runs = []
     for name, phases in (("four", None), ("art_pv", ["ART", "PV"]), ("again", None)):
         (tmp_path / name).mkdir()
@@ -96,6 +96,15 @@ def test_runs_on_other_phases_than_the_first_name_them(tmp_path: Path) -> None:
     assert list(label_runs(runs)) == ["std_net", "std_net (phases=ART+PV)", "std_net [again]"]
     # with a subset first, the full run is the one that differs
     assert list(label_runs(runs[1::-1])) == ["std_net", "std_net (phases=all)"]
+    # other preprocessing a study varies; a run.json from before a setting existed reads its default
+    (tmp_path / "liver").mkdir()
+    pre = {"phases": None, "intensity_reference": "liver", "register": False, "margin_mm": 3.0}
+    info = {"model": "std_net", "model_options": {}, "preprocessing": pre}
+    (tmp_path / "liver" / "run.json").write_text(json.dumps(info))
+    assert list(label_runs([tmp_path / "liver", runs[0]])) == [
+        "std_net",
+        "std_net (register=true, intensity_reference=absolute)",
+    ]
 
 
 def test_cli_rejects_unknown_models_and_bad_boxes_in_one_line(tmp_path: Path) -> None:

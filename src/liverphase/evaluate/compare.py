@@ -80,14 +80,19 @@ def run_info(run: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def run_label(run: Path, phases: bool = False) -> str:
-    """A run's model with the options it was given, e.g. `std_net (temporal=concat)`; with `phases`,
-    the phase subset it trained on too (`std_net (phases=ART+PV)`)."""
+# Preprocessing settings a study varies between runs of one model; a run whose value differs from
+# the first run's shows it in its label (margins and grids follow the model family, so they do not).
+LABEL_SETTINGS = ("phases", "register", "intensity_reference", "channels")
+
+
+def run_label(run: Path, settings: Sequence[str] = ()) -> str:
+    """A run's model with the options it was given, e.g. `std_net (temporal=concat)`, and the named
+    preprocessing `settings` (`std_net (phases=ART+PV)`)."""
     info = run_info(run)
     # in_channels follows the preprocessing's windows: every run records it, it tells runs apart less
     options = {k: v for k, v in info.get("model_options", {}).items() if k != "in_channels"}
-    if phases:
-        options["phases"] = "+".join(run_phases(run) or ["all"])
+    pre = run_settings(run)
+    options.update({k: pre[k] for k in settings})
     given = ", ".join(
         f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items()
     )
@@ -95,21 +100,26 @@ def run_label(run: Path, phases: bool = False) -> str:
     return f"{model} ({given})" if given else model
 
 
-def run_phases(run: Path) -> list[str] | None:
-    """The phases a run's preprocessing kept (None: every phase of its dataset)."""
-    kept = run_info(run).get("preprocessing", {}).get("phases")
-    return list(kept) if kept else None
+def run_settings(run: Path) -> dict[str, Any]:
+    """A run's LABEL_SETTINGS as text-ready values (phases joined by +, "all" when not chosen);
+    settings its run.json predates read as their defaults."""
+    recorded = run_info(run).get("preprocessing", {})
+    defaults = PreprocessConfig()
+    out = {k: recorded.get(k, getattr(defaults, k)) for k in LABEL_SETTINGS}
+    out["phases"] = "+".join(out["phases"] or ["all"])
+    return out
 
 
 def label_runs(runs: Sequence[Path]) -> dict[str, Path]:
-    """Runs keyed by their model and given options; runs trained on other phases than the first run
-    name their phases; the folder name is added when two labels still clash."""
+    """Runs keyed by their model and given options; a run whose LABEL_SETTINGS differ from the first
+    run's names them; the folder name is added when two labels still clash."""
     if not runs:
         raise ConfigError("give at least one run", "RUNS")
-    first = run_phases(runs[0])
+    first = run_settings(runs[0])
     labels: dict[str, Path] = {}
     for run in runs:
-        label = run_label(run, phases=run_phases(run) != first)
+        own = run_settings(run)
+        label = run_label(run, [k for k in LABEL_SETTINGS if own[k] != first[k]])
         labels[label if label not in labels else f"{label} [{run.name}]"] = run
     return labels
 
