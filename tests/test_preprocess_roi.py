@@ -226,3 +226,16 @@ def test_union_and_native_grid(study: Study) -> None:
     # about the scan's own voxel size (2, 2, 3 mm), never more than max_size voxels an axis
     assert np.allclose(grid.spacing, study.reference.GetSpacing(), rtol=0.1)
     assert max(native_grid(both, study.reference, max_size=8).size) == 8
+
+
+def test_outside_box_is_the_crop_margin() -> None:
+    from liverphase.preprocess.roi import outside_box
+
+    identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    crop = Box((0.0, 0.0, 0.0), (10.0, 20.0, 10.0), identity)
+    grid = grid_for_box(crop, (5, 20, 10))  # z 2 mm, y 1 mm, x 1 mm voxels
+    ring = outside_box(grid, Box((2.0, 4.0, 2.0), (8.0, 16.0, 8.0), identity))
+    assert ring.shape == (5, 20, 10)
+    # voxel centres inside: x 2.5..7.5 (6), y 4.5..15.5 (12), z 3, 5, 7 (3)
+    assert (~ring).sum() == 6 * 12 * 3
+    assert not ring[2, 10, 5] and ring[0, 10, 5] and ring[2, 0, 5] and ring[2, 10, 9]
