@@ -167,3 +167,17 @@ def test_liver_reference_config_and_cache_key() -> None:
         PreprocessConfig(**SMALL, intensity_reference="liver", margin_mm=0.0).validate()
     with pytest.raises(ConfigError, match="intensity_reference"):
         PreprocessConfig(**SMALL, intensity_reference="spleen").validate()
+
+
+def test_liver_reference_without_parenchyma_keeps_absolute_values(study: Study) -> None:
+    # nothing in the soft-tissue range around the lesion: no level to read, so no shift (and a warning)
+    dense = Study(
+        "d0",
+        {p: sitk.Cast(img, sitk.sitkFloat32) + 600.0 for p, img in study.phases.items()},
+        mask=study.mask,
+        reference_phase="PV",
+    )
+    liver = preprocess_study(dense, PreprocessConfig(**SMALL, intensity_reference="liver"))
+    absolute = preprocess_study(dense, PreprocessConfig(**SMALL))
+    np.testing.assert_array_equal(liver.image, absolute.image)
+    assert sum("too little parenchyma" in w for w in liver.meta["warnings"]) == 4
