@@ -85,14 +85,13 @@ def run_info(run: Path) -> dict[str, Any]:
 LABEL_SETTINGS = ("phases", "register", "intensity_reference", "channels")
 
 
-def run_label(run: Path, settings: Sequence[str] = ()) -> str:
-    """A run's model with the options it was given, e.g. `std_net (temporal=concat)`, and the named
-    preprocessing `settings` (`std_net (phases=ART+PV)`)."""
+def run_label(run: Path, settings: dict[str, Any] | None = None) -> str:
+    """A run's model with the options it was given, e.g. `std_net (temporal=concat)`, then the
+    preprocessing `settings` to show (`std_net (phases=ART+PV)`)."""
     info = run_info(run)
     # in_channels follows the preprocessing's windows: every run records it, it tells runs apart less
     options = {k: v for k, v in info.get("model_options", {}).items() if k != "in_channels"}
-    pre = run_settings(run)
-    options.update({k: pre[k] for k in settings})
+    options.update(settings or {})
     given = ", ".join(
         f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items()
     )
@@ -119,7 +118,7 @@ def label_runs(runs: Sequence[Path]) -> dict[str, Path]:
     labels: dict[str, Path] = {}
     for run in runs:
         own = run_settings(run)
-        label = run_label(run, [k for k in LABEL_SETTINGS if own[k] != first[k]])
+        label = run_label(run, {k: v for k, v in own.items() if v != first[k]})
         labels[label if label not in labels else f"{label} [{run.name}]"] = run
     return labels
 

@@ -14,9 +14,6 @@ ROI_SOURCES = ("mask", "bbox", "mask_jitter", "image")
 TRANSFORMS = ("rigid", "affine")
 MRI_NORMS = ("percentile", "zscore")
 INTENSITY_REFERENCES = ("absolute", "liver")
-# Fields added after caches existed: left out of the cache key while at their default, so caches
-# built before them stay valid.
-KEY_OPTIONAL: dict[str, object] = {"intensity_reference": "absolute", "liver_anchor": 60.0}
 
 # (level, width) in HU: abdomen soft tissue, liver parenchyma, and a narrow window around
 # enhancing lesion values (the paper's "pseudo-colour" input: one window per channel).
@@ -134,11 +131,11 @@ class PreprocessConfig(ConfigBase):
         )
 
     def key_dict(self) -> dict[str, object]:
-        """`to_dict` without the KEY_OPTIONAL fields that hold their default (for cache keys)."""
+        """`to_dict` for cache keys: with absolute intensities the liver-reference fields, which
+        then change nothing, are left out, so caches built before those fields existed stay valid."""
         data = self.to_dict()
-        for name, default in KEY_OPTIONAL.items():
-            if data.get(name) == default:
-                data.pop(name)
+        if self.intensity_reference == "absolute":
+            del data["intensity_reference"], data["liver_anchor"]
         return data
 
     @property

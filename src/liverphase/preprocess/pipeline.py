@@ -242,24 +242,23 @@ def preprocess_study(
     channels, norm = [], {}
     refs = _liver_references(raw, grid, box, config, warnings)
     for p in phases:
+        ref = refs.get(p)
         if config.modality == "ct":
             if (w := hu_warning(raw[p], p)) is not None:
                 warnings.append(w)
-            if p in refs:
-                norm[p] = {"liver_ring": refs[p]}
-            shift = config.liver_anchor - refs[p] if p in refs else 0.0
-            channels.append(ct_channels(raw[p] + np.float32(shift), config.ct_windows))
+            hu = raw[p]
+            if ref is not None:
+                norm[p] = {"liver_ring": ref}
+                hu = hu + np.float32(config.liver_anchor - ref)
+            channels.append(ct_channels(hu, config.ct_windows))
         else:
-            if p in refs:  # liver at 0.5: twice the parenchyma's signal reaches 1
-                offset, scale, clip = 0.0, 2.0 * refs[p], True
-            else:
+            if ref is None:
                 offset, scale = mri_stats(canon[p], config.mri_norm, config.mri_percentiles)
                 clip = config.mri_norm == "percentile"
-            norm[p] = {
-                "offset": offset,
-                "scale": scale,
-                **({"liver_ring": refs[p]} if p in refs else {}),
-            }
+                norm[p] = {"offset": offset, "scale": scale}
+            else:  # liver at 0.5: twice the parenchyma's signal reaches 1
+                offset, scale, clip = 0.0, 2.0 * ref, True
+                norm[p] = {"offset": offset, "scale": scale, "liver_ring": ref}
             channels.append(mri_channel(raw[p], offset, scale, clip=clip))
     image = np.ascontiguousarray(np.stack(channels), dtype=np.float32)
     lap("intensity")
