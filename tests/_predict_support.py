@@ -34,8 +34,8 @@ def make_bundle(
     """A bundle with random (seeded) weights and a tiny preprocessing grid, registration on."""
     phases = phases or PHASES
     torch.manual_seed(seed)
-    net = create_model(model, 2, phases, in_channels=3, **(options or {}))
     config = PreprocessConfig(size=SIZE, phases=tuple(phases), **preprocess)
+    net = create_model(model, 2, phases, in_channels=config.n_channels, **(options or {}))
     meta = {
         "model": model,
         "model_options": options or {},

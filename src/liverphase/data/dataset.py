@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from liverphase.data.augment import Augmenter
 from liverphase.errors import DatasetError, InputFileError
+from liverphase.preprocess.roi import with_roi_channel
 
 ITEM_KEYS = ("case_id", "patient_id", "label", "image", "mask")
 
@@ -22,6 +23,8 @@ class CachedStudyDataset(Dataset):
     Augmentation draws from a seed that is a pure function of (seed, epoch, index), so a sample
     is the same whether the run was resumed and however many workers load it. Call `set_epoch`
     before iterating each epoch (with non-persistent workers, each epoch's workers copy it).
+    `roi_channel` appends the (augmented) lesion mask to every phase as a last channel
+    (`with_roi_channel`), for models whose preprocessing asks for it.
     """
 
     def __init__(
@@ -30,8 +33,10 @@ class CachedStudyDataset(Dataset):
         class_index: dict[str, int],
         augment: Augmenter | None = None,
         seed: int = 0,
+        roi_channel: bool = False,
     ) -> None:
         self.items = [dict(it) for it in items]
+        self.roi_channel = bool(roi_channel)
         self.class_index = dict(class_index)
         self.augment = augment
         self.seed = int(seed)
@@ -40,6 +45,11 @@ class CachedStudyDataset(Dataset):
             missing = [k for k in ("case_id", "label", "image") if k not in it]
             if missing:
                 raise DatasetError(f"dataset item lacks {missing}: {it}")
+            if roi_channel and not it.get("mask"):
+                raise DatasetError(
+                    f"case {it['case_id']}: the model reads the lesion mask (roi_channel) "
+                    "but the case has none"
+                )
             if str(it["label"]) not in self.class_index:
                 raise DatasetError(
                     f"case {it['case_id']}: label {it['label']!r} is not one of "
@@ -78,8 +88,11 @@ class CachedStudyDataset(Dataset):
             seed = self.sample_seed(index)
             image, mask = self.augment(image, mask, seed)
             present = self.augment.phase_presence(image.shape[0], seed)
-            if present is not None:
-                image = np.where(present[:, None, None, None, None], image, np.float32(0))
+        if self.roi_channel:
+            assert mask is not None  # checked in __init__
+            image = with_roi_channel(image, mask)
+        if present is not None:
+            image = np.where(present[:, None, None, None, None], image, np.float32(0))
         has_mask = mask is not None
         mask_arr = (
             mask.astype(np.uint8, copy=False) if has_mask else np.zeros(image.shape[2:], np.uint8)

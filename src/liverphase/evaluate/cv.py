@@ -93,7 +93,14 @@ def make_experiment(
         **({"margin_mm": SEGMENTING_MARGIN_MM} if info["segments"] else {}),
         **(preprocess_overrides or {}),
     }
+    if options.get("region_kinetics") and not info["segments"]:
+        # a classifier's region reading goes through the ROI it is given (a segmenting model's
+        # through the mask it predicts): the lesion mask becomes the input's last channel
+        pre["roi_channel"] = True
     preprocess = PreprocessConfig.from_dict(pre, source="preprocessing")
+    if preprocess.n_channels != options["in_channels"]:
+        options["in_channels"] = preprocess.n_channels
+        train = train.replace(model_options=options)
     return Experiment(model, train, preprocess, phases, list(ds.class_names), options)
 
 
@@ -160,6 +167,7 @@ def _fit_fold(
         reference_phase_index=(
             exp.phases.index(ds.reference_phase) if ds.reference_phase in exp.phases else None
         ),
+        roi_channel=exp.preprocess.roi_channel,
     )
     trainer.fit(resume=resume)
     return trainer

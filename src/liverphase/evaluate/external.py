@@ -48,16 +48,20 @@ def predict_items(
     batch_size: int = 2,
     flip_axes: tuple[int, ...] = (),
     present: Sequence[bool] | None = None,
+    roi_channel: bool = False,
 ) -> tuple[np.ndarray, list[np.ndarray] | None]:
     """Class probabilities (N, K) of cached items, in order, averaged over flips of `flip_axes`;
     with a model that segments also the lesion probability maps (D, H, W) per item, else None.
-    `present` (one bool per phase) withholds the False phases through the model's phase mask."""
+    `present` (one bool per phase) withholds the False phases through the model's phase mask;
+    `roi_channel` appends each item's lesion mask as the model's last input channel."""
     index = {c: i for i, c in enumerate(class_names)}
     labelled = [
         {**it, "label": it["label"] if it["label"] in index else class_names[0]} for it in items
     ]
     loader = DataLoader(
-        CachedStudyDataset(labelled, index, None, seed=0), batch_size=batch_size, shuffle=False
+        CachedStudyDataset(labelled, index, None, seed=0, roi_channel=roi_channel),
+        batch_size=batch_size,
+        shuffle=False,
     )
     device = next(model.parameters()).device
     probs, lesion = [], []
@@ -107,7 +111,11 @@ def evaluate_run(
         ids = [c.case_id for c in ds.cases]
         flips = tuple((meta.get("training") or {}).get("tta_flip_axes") or ())
         probs, lesion = predict_items(
-            model, [items[c] for c in ids], list(meta["class_names"]), flip_axes=flips
+            model,
+            [items[c] for c in ids],
+            list(meta["class_names"]),
+            flip_axes=flips,
+            roi_channel=pre.roi_channel,
         )
         probs_sum = probs if probs_sum is None else probs_sum + probs
         if lesion is not None:

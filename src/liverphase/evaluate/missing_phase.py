@@ -62,8 +62,9 @@ def missing_phase_run(
         present = _present_phases(model, meta, phase, bundle)
         test = [c for c in fold["test"] if c in items]
         flips = tuple((meta.get("training") or {}).get("tta_flip_axes") or ())
+        roi = bool((meta.get("preprocessing") or {}).get("roi_channel"))
         probs, lesion = predict_items(
-            model, [items[c] for c in test], list(meta["class_names"]), 2, flips, present
+            model, [items[c] for c in test], list(meta["class_names"]), 2, flips, present, roi
         )
         for i, c in enumerate(test):
             probs_by_case[c], fold_of[c] = probs[i], k

@@ -52,7 +52,7 @@ from liverphase.models.registry import accepts_phase_mask
 from liverphase.models.tta import lesion_probability, predict_with_flips
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.preprocess.pipeline import PreprocessedStudy, map_to_reference, preprocess_study
-from liverphase.preprocess.roi import lesion_mask_on_reference
+from liverphase.preprocess.roi import lesion_mask_on_reference, with_roi_channel
 from liverphase.train.bundle import load_bundle
 
 
@@ -133,8 +133,15 @@ class Predictor:
         user_mask, box, source = self._locate(study, reference, mask, bbox, bbox_units, warnings)
         if box is None:  # a segmenting model finds the lesion itself
             box = self._coarse_box(study, canon, present, ref, timings)
+        if self.config.roi_channel and user_mask is None:
+            raise LiverphaseError(
+                f"model {self.model_name!r} reads the lesion through its mask (roi_channel): "
+                f"give a lesion mask, not {source or 'no location'}",
+                study_path(study),
+            )
         timings["preprocess"] += time.perf_counter() - tick
-        pre = self._preprocess(study.case_id, canon, present, ref, box, timings)
+        roi = lesion.snap(user_mask) if self.config.roi_channel and user_mask is not None else None
+        pre = self._preprocess(study.case_id, canon, present, ref, box, timings, roi)
         warnings += pre.meta["warnings"] + registration_warnings(pre.meta["registration"])
 
         tick = time.perf_counter()
@@ -329,8 +336,10 @@ class Predictor:
         ref: str,
         box: lesion.Box6 | None,
         timings: dict[str, float],
+        roi: sitk.Image | None = None,
     ) -> PreprocessedStudy:
-        """Run the bundle's preprocessing on the canonical copy with the crop from `box`."""
+        """Run the bundle's preprocessing on the canonical copy with the crop from `box` (and the
+        lesion mask `roi` resampled onto the crop, for bundles with an ROI channel)."""
         if box is None or self.config.roi_source == "image":
             config = self.config.replace(roi_source="image", phases=tuple(present))
             box = None
@@ -338,7 +347,9 @@ class Predictor:
             if self.config.roi_source == "mask_jitter":
                 box = lesion.enlarge_box(box, float(np.mean(self.config.jitter_scale)))
             config = self.config.replace(roi_source="bbox", phases=tuple(present))
-        study = Study(case_id, {p: canon[p] for p in canon}, bbox=box, reference_phase=ref)
+        study = Study(
+            case_id, {p: canon[p] for p in canon}, mask=roi, bbox=box, reference_phase=ref
+        )
         pre = preprocess_study(study, config)
         t = pre.meta["timings"]
         timings["register"] += float(t.get("register", 0.0))
@@ -375,7 +386,12 @@ class Predictor:
         self, pre: PreprocessedStudy, present: list[str]
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """(1, P, C, D, H, W) in the bundle's phase order; absent phases zero and masked out."""
-        image = torch.from_numpy(pre.image)
+        if self.config.roi_channel:
+            if pre.mask is None:
+                raise LiverphaseError("the bundle reads an ROI channel: no lesion mask was given")
+            image = torch.from_numpy(with_roi_channel(pre.image, pre.mask))
+        else:
+            image = torch.from_numpy(pre.image)
         x = torch.zeros((1, len(self.phases), *image.shape[1:]), dtype=torch.float32)
         for i, p in enumerate(self.phases):
             if p in present:

@@ -22,6 +22,14 @@ Design choices where the paper is open (see also fusion.py and temporal.py):
 - `mtl_lambda` defaults to 0.5 (the paper's value is not at hand); features are the vector X_f is
   computed from (the SPM's pooled GRU output, 256-d; 512-d with `spm=False`).
 - MIFF needs at least 2 phases; 2 phases are each other's two neighbours, 3–4 form a ring.
+- `region_kinetics=True` (ours, off by default) reads the lesion through the mask it is given: the
+  input's last channel is then the lesion ROI (preprocessing `roi_channel: true`, which `cv` sets for
+  this option), the encoder sees it as one more channel, and the mean intensity of lesion core, rim
+  and surrounding parenchyma per phase and window (`heads.region_enhancement`, the ROI reading of the
+  kinetics baseline) goes through its own linear layer `region_head`, whose logits are added to
+  Eq. 2's. The learned kinetics prior trains at `head_lr_scale` × the network's rate
+  (`head_prefix`), since a linear read-out of a few dozen features is underfitted at 3e-4
+  (benchmarks/results/cv_std240). The paper's network is unchanged when it is off.
 - `checkpointing` and `slice_chunk` bound memory (see encoders.SliceEncoder); chunks split along slices
   and keep all phases of a slice together, which the fusion needs.
 """
@@ -36,7 +44,7 @@ from torch import nn
 
 from liverphase.models.encoders import ResNet2d, SliceEncoder
 from liverphase.models.fusion import InteractivePerception
-from liverphase.models.heads import PhaseHeads, mix_logits
+from liverphase.models.heads import PhaseHeads, mix_logits, region_enhancement
 from liverphase.models.pretrained import load_pretrained
 from liverphase.models.registry import ModelOutput, MultiPhaseModel, register_model
 from liverphase.models.temporal import SpatioTemporalModule
@@ -66,10 +74,16 @@ class MiffSpm(MultiPhaseModel):
         shared_phase_heads: bool = True,
         spm_hidden: int = 256,
         spm_pool: str = "mean",
+        region_kinetics: bool = False,
     ) -> None:
         super().__init__(num_classes, phases, in_channels)
         if not 0.0 <= mtl_lambda <= 1.0:
             raise ValueError(f"mtl_lambda must lie in [0, 1], got {mtl_lambda}")
+        if region_kinetics and in_channels < 2:
+            raise ValueError(
+                "region_kinetics reads the last input channel as the lesion ROI "
+                f"(preprocessing roi_channel): needs in_channels >= 2, got {in_channels}"
+            )
         self.mtl_lambda = float(mtl_lambda)
         backbone = ResNet2d(in_channels, stem_stride)
         fusion = None
@@ -86,6 +100,10 @@ class MiffSpm(MultiPhaseModel):
             self.spm = SpatioTemporalModule(len(self.phases) * width, spm_hidden, pool=spm_pool)
             width = spm_hidden
         self.head = nn.Linear(width, num_classes)
+        self.region_head: nn.Linear | None = None
+        if region_kinetics:
+            self.region_head = nn.Linear(3 * len(self.phases) * (in_channels - 1), num_classes)
+            self.head_prefix = "region_head."
         if pretrained:
             load_pretrained(self, pretrained)
 
@@ -99,4 +117,8 @@ class MiffSpm(MultiPhaseModel):
         else:
             features = v.mean(dim=(1, 2))
         logits = mix_logits(self.head(features), phase_logits, self.mtl_lambda)
+        if self.region_head is not None:
+            roi = x[:, :, -1:].amax(dim=1).float()  # (B, 1, D, H, W): the same mask in every phase
+            regions = region_enhancement(x[:, :, :-1].float(), roi).to(logits.dtype)
+            logits = logits + self.region_head(regions)
         return ModelOutput(logits=logits, features=features, phase_logits=phase_logits)

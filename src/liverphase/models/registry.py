@@ -29,6 +29,8 @@ class MultiPhaseModel(nn.Module):
     segments: bool = False
     #: Fewest phases the architecture can fuse (cross-phase models need 2).
     min_phases: int = 1
+    #: Parameters the optimiser runs at `head_lr_scale` × the learning rate (the class read-out).
+    head_prefix: str = "head."
 
     def __init__(self, num_classes: int, phases: Sequence[str], in_channels: int) -> None:
         super().__init__()

@@ -68,6 +68,11 @@ class PreprocessConfig(ConfigBase):
     # `liver_anchor` HU before windowing; MRI: the signal is divided by the ring, liver at 0.5.
     intensity_reference: str = "absolute"
     liver_anchor: float = 60.0
+    # the lesion mask (on the crop grid, after augmentation) as one more channel of every phase, for
+    # classifiers that read the enhancement through the ROI they were given (miff_spm's
+    # `region_kinetics`): the cache is unchanged (the mask is cached beside the image) and the channel
+    # is added where batches are made (`data.dataset`, `inference.predictor`)
+    roi_channel: bool = False
 
     def validate(self) -> None:
         """Check every value; raise ConfigError naming the field."""
@@ -121,34 +126,43 @@ class PreprocessConfig(ConfigBase):
             )
         if self.phases is not None and len(set(self.phases)) != len(self.phases):
             raise ConfigError(f"duplicate phase names in {self.phases}", "phases")
+        if self.roi_channel and self.roi_source == "image":
+            raise ConfigError("needs a lesion mask, not roi_source image", "roi_channel")
 
     def resolved(self, dataset_phases: Sequence[str]) -> PreprocessConfig:
         """A copy with phases and channels explicit, so equal settings give equal cache keys."""
         return dataclasses.replace(
             self,
             phases=tuple(self.phases if self.phases is not None else dataset_phases),
-            channels=self.n_channels,
+            channels=self.n_windows,
         )
 
     def key_dict(self) -> dict[str, object]:
         """`to_dict` for cache keys: with absolute intensities the liver-reference fields, which
-        then change nothing, are left out, so caches built before those fields existed stay valid."""
+        then change nothing, are left out, so caches built before those fields existed stay valid;
+        `roi_channel` never changes the cached arrays and is always left out."""
         data = self.to_dict()
+        del data["roi_channel"]
         if self.intensity_reference == "absolute":
             del data["intensity_reference"], data["liver_anchor"]
         return data
 
     @property
-    def n_channels(self) -> int:
-        """Channels per phase in the output tensor."""
+    def n_windows(self) -> int:
+        """Intensity channels per phase in the cached image (CT windows, or 1)."""
         if self.channels is not None:
             return self.channels
         return len(self.windows) if self.modality == "ct" else 1
 
     @property
+    def n_channels(self) -> int:
+        """Channels per phase of the model input: the intensity channels, plus the ROI channel."""
+        return self.n_windows + int(self.roi_channel)
+
+    @property
     def ct_windows(self) -> tuple[tuple[float, float], ...]:
         """The (level, width) windows actually applied to CT, one per channel."""
-        return (self.raw_window,) if self.n_channels == 1 else self.windows
+        return (self.raw_window,) if self.n_windows == 1 else self.windows
 
     @property
     def default_pad(self) -> float | None:

@@ -299,3 +299,12 @@ def lesion_mask_on_reference(
         to_reference_grid(np.asarray(probability, np.float32), grid, reference, "linear")
     )
     return largest_component(prob > threshold).astype(np.uint8)
+
+
+def with_roi_channel(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Image (P, C, D, H, W) and lesion mask (D, H, W) → (P, C + 1, D, H, W) float32, the mask
+    (0/1) repeated as every phase's last channel."""
+    if mask.shape != image.shape[2:]:
+        raise ValueError(f"mask {mask.shape} does not match the image grid {image.shape[2:]}")
+    roi = np.broadcast_to(np.asarray(mask, np.float32) > 0, (image.shape[0], 1, *mask.shape))
+    return np.concatenate([np.asarray(image, np.float32), roi.astype(np.float32)], axis=1)

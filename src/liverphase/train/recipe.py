@@ -117,10 +117,11 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
         # a linear read-out of a few fixed features (std_net's region-only head) needs a far higher
         # rate than the network: at lr 3e-4 it is underfitted after twenty epochs
         # (benchmarks/crop_signal.py --head-lrs)
-        head = [p for n, p in named if n.startswith("head.")]
+        prefix = str(getattr(model, "head_prefix", "head."))
+        head = [p for n, p in named if n.startswith(prefix)]
         if not head:
-            raise ConfigError(f"{cfg.model} has no head.* parameters to scale", "head_lr_scale")
-        rest = [p for n, p in named if not n.startswith("head.")]
+            raise ConfigError(f"{cfg.model} has no {prefix}* parameters to scale", "head_lr_scale")
+        rest = [p for n, p in named if not n.startswith(prefix)]
         params = [{"params": rest}, {"params": head, "lr": cfg.lr * cfg.head_lr_scale}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(

@@ -76,8 +76,10 @@ class Trainer:
         callbacks: Sequence[EpochCallback] = (),
         tensorboard: bool = True,
         reference_phase_index: int | None = None,
+        roi_channel: bool = False,
     ) -> None:
         self.config = config
+        self.roi_channel = roi_channel
         self.model_factory = model_factory
         self.rank, self.world = rank_world()
         if config.batch_size % self.world:
@@ -88,13 +90,11 @@ class Trainer:
         self.local_batch = config.batch_size // self.world
         self.device = torch.device(device) if device is not None else default_device()
         self.class_names = [str(c) for c in class_names]
-        index = {c: i for i, c in enumerate(self.class_names)}
         # the mask belongs to the reference phase: per-phase shifts must leave that phase in place
         augment = (
             Augmenter(config.augment_params, reference_phase_index) if config.augment else None
         )
-        self.train_set = CachedStudyDataset(train_items, index, augment, seed=config.seed)
-        self.val_set = CachedStudyDataset(val_items, index, None, seed=config.seed)
+        self.train_set, self.val_set = self._dataset(train_items, augment), self._dataset(val_items)
         self.out_dir = Path(out_dir)
         self.bundle_dir = self.out_dir / "bundle"
         self.checkpoint_dir = self.out_dir / "checkpoint"
@@ -336,10 +336,15 @@ class Trainer:
         """Class probabilities (N, K) in the order of `items` (and each lesion probability map,
         float32 on the crop grid, None without a segmentation head, if asked)."""
         labelled = [{**it, "label": it.get("label") or self.class_names[0]} for it in items]
-        index = {c: i for i, c in enumerate(self.class_names)}
-        dataset = CachedStudyDataset(labelled, index, None, seed=self.config.seed)
-        _, probs, lesion = self._evaluate(dataset, with_lesion=return_lesion_prob)
+        _, probs, lesion = self._evaluate(self._dataset(labelled), with_lesion=return_lesion_prob)
         return (probs, lesion) if return_lesion_prob else probs
+
+    def _dataset(
+        self, items: Sequence[dict[str, Any]], augment: Augmenter | None = None
+    ) -> CachedStudyDataset:
+        index = {c: i for i, c in enumerate(self.class_names)}
+        seed, roi = self.config.seed, self.roi_channel
+        return CachedStudyDataset(items, index, augment, seed=seed, roi_channel=roi)
 
     # ------------------------------------------------------ selection, I/O
     def _update_selection(
