@@ -32,14 +32,18 @@ def parse_spec(spec: str) -> tuple[str, int, dict[str, Any]]:
     return name, int(options.pop("channels", len(DEFAULT_WINDOWS))), options
 
 
+def _arguments() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("specs", nargs="+", help="NAME[:key=value...], the first is the reference")
+    for flag, default in (("--batch", 4), ("--repeats", 5)):
+        ap.add_argument(flag, type=int, default=default)
+    ap.add_argument("--input", choices=sorted(PROFILE_INPUT), default="cpu")
+    return ap.parse_args()
+
+
 def main() -> None:
     """Profile every spec at one input and batch; print a markdown table."""
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("specs", nargs="+")
-    ap.add_argument("--input", choices=sorted(PROFILE_INPUT), default="cpu")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
+    args = _arguments()
     threads = torch.get_num_threads()
     rows = []
     for spec in args.specs:
