@@ -149,3 +149,23 @@ def test_cv_experiment_of_region_kinetics_adds_the_roi_channel(tmp_path) -> None
     # a segmenting model's region reading goes through its own mask: no ROI channel
     seg = make_experiment(ds, "std_net", model_options={"region_kinetics": True})
     assert not seg.preprocess.roi_channel
+
+
+def test_a_model_reading_the_roi_refuses_data_without_it(tmp_path) -> None:
+    from liverphase.train.recipe import check_lambda
+
+    net = create_model("miff_spm", 2, PHASES, in_channels=4, region_kinetics=True)
+    cfg = TrainConfig(model="miff_spm", mtl_lambda=0.5)
+    with pytest.raises(ConfigError, match="roi_channel"):
+        check_lambda(net, cfg, roi_channel=False)
+    check_lambda(net, cfg, roi_channel=True)
+    # a plain model may take the ROI as an extra input channel without reading it as one
+    check_lambda(create_model("miff_spm", 2, PHASES, in_channels=4), cfg, roi_channel=True)
+
+
+def test_a_bundle_reading_the_roi_without_the_channel_is_refused(tmp_path) -> None:
+    from liverphase.errors import BundleError
+
+    bundle = make_bundle(tmp_path / "bundle", "miff_spm", {"region_kinetics": True})
+    with pytest.raises(BundleError, match="roi_channel"):
+        Predictor(bundle)

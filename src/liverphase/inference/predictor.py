@@ -87,6 +87,11 @@ class Predictor:
                 f"takes {self.model.in_channels}",
                 self.bundle_dir / "bundle.json",
             )
+        if getattr(self.model, "reads_roi", False) and not self.config.roi_channel:
+            raise BundleError(
+                "the model reads an ROI channel but the preprocessing has no roi_channel",
+                self.bundle_dir / "bundle.json",
+            )
         self.segments = bool(getattr(self.model, "segments", False))
         self.accepts_phase_mask = accepts_phase_mask(self.model)
         self.cv = cv_metrics(self.bundle_dir, self.meta)

@@ -103,7 +103,7 @@ class MiffSpm(MultiPhaseModel):
         self.region_head: nn.Linear | None = None
         if region_kinetics:
             self.region_head = nn.Linear(3 * len(self.phases) * (in_channels - 1), num_classes)
-            self.head_prefix = "region_head."
+            self.head_prefix, self.reads_roi = "region_head.", True
         if pretrained:
             load_pretrained(self, pretrained)
 

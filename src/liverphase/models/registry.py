@@ -31,6 +31,8 @@ class MultiPhaseModel(nn.Module):
     min_phases: int = 1
     #: Parameters the optimiser runs at `head_lr_scale` × the learning rate (the class read-out).
     head_prefix: str = "head."
+    #: True when the model reads its input's last channel as the lesion ROI (preprocess roi_channel).
+    reads_roi: bool = False
 
     def __init__(self, num_classes: int, phases: Sequence[str], in_channels: int) -> None:
         super().__init__()

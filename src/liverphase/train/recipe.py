@@ -169,9 +169,16 @@ def selection_score(record: dict[str, Any], select_metric: str, has_val: bool) -
     return [-record["val_loss"]]
 
 
-def check_lambda(model: torch.nn.Module, cfg: TrainConfig) -> None:
-    """The λ a model mixes its logits with must be the one the config names (it lives in both), and
-    phase dropout needs a model that takes a phase mask."""
+def check_lambda(model: torch.nn.Module, cfg: TrainConfig, roi_channel: bool = False) -> None:
+    """The λ a model mixes its logits with must be the one the config names (it lives in both),
+    phase dropout needs a model that takes a phase mask, and a model that reads an ROI channel
+    needs data that gives one (else it would read its last intensity channel as the lesion mask)."""
+    if getattr(model, "reads_roi", False) and not roi_channel:
+        raise ConfigError(
+            f"model {cfg.model!r} reads the lesion ROI as its last input channel but the data "
+            "gives none (preprocess roi_channel)",
+            "roi_channel",
+        )
     built = getattr(model, "mtl_lambda", None)
     if built is not None and not math.isclose(float(built), cfg.mtl_lambda):
         raise ConfigError(

@@ -122,7 +122,7 @@ class Trainer:
             model = self.model_factory().to(self.device)
             self.model = model
             self.segments = bool(getattr(model, "segments", False))
-            check_lambda(model, cfg)
+            check_lambda(model, cfg, self.roi_channel)
             net = self._wrap(model)
             opt = build_optimizer(cfg, model)
             sched = build_scheduler(cfg, opt)
