@@ -436,7 +436,7 @@ def test_every_ablate_variant_builds_a_consistent_experiment(cohort: Path, suite
     from liverphase.evaluate.ablate import experiment_tables
     from liverphase.evaluate.cv import make_experiment
     from liverphase.io.nifti import open_dataset
-    from liverphase.train.recipe import check_lambda, model_factory_from_config
+    from liverphase.train.recipe import check_model_config, model_factory_from_config
 
     ds = open_dataset(cohort)
     for rows in experiment_tables(ds.phases, suite).values():
@@ -449,7 +449,7 @@ def test_every_ablate_variant_builds_a_consistent_experiment(cohort: Path, suite
                 assert exp.train.mtl_lambda == lam
             phases = variant.get("phases") or ds.phases
             model = model_factory_from_config(exp.train, 2, phases, exp.preprocess.n_channels)()
-            check_lambda(model, exp.train)
+            check_model_config(model, exp.train)
 
 
 def test_ablate_reuses_a_run_only_when_its_settings_match(cohort: Path, tmp_path: Path) -> None:

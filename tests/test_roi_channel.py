@@ -152,15 +152,15 @@ def test_cv_experiment_of_region_kinetics_adds_the_roi_channel(tmp_path) -> None
 
 
 def test_a_model_reading_the_roi_refuses_data_without_it(tmp_path) -> None:
-    from liverphase.train.recipe import check_lambda
+    from liverphase.train.recipe import check_model_config
 
     net = create_model("miff_spm", 2, PHASES, in_channels=4, region_kinetics=True)
     cfg = TrainConfig(model="miff_spm", mtl_lambda=0.5)
     with pytest.raises(ConfigError, match="roi_channel"):
-        check_lambda(net, cfg, roi_channel=False)
-    check_lambda(net, cfg, roi_channel=True)
+        check_model_config(net, cfg, roi_channel=False)
+    check_model_config(net, cfg, roi_channel=True)
     # a plain model may take the ROI as an extra input channel without reading it as one
-    check_lambda(create_model("miff_spm", 2, PHASES, in_channels=4), cfg, roi_channel=True)
+    check_model_config(create_model("miff_spm", 2, PHASES, in_channels=4), cfg, roi_channel=True)
 
 
 def test_a_bundle_reading_the_roi_without_the_channel_is_refused(tmp_path) -> None:

@@ -52,7 +52,7 @@ from liverphase.models.registry import accepts_phase_mask
 from liverphase.models.tta import lesion_probability, predict_with_flips
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.preprocess.pipeline import PreprocessedStudy, map_to_reference, preprocess_study
-from liverphase.preprocess.roi import lesion_mask_on_reference, with_roi_channel
+from liverphase.preprocess.roi import CropGrid, lesion_mask_on_reference, with_roi_channel
 from liverphase.train.bundle import load_bundle
 
 
@@ -136,21 +136,24 @@ class Predictor:
 
         tick = time.perf_counter()
         user_mask, box, source = self._locate(study, reference, mask, bbox, bbox_units, warnings)
-        if box is None:  # a segmenting model finds the lesion itself
-            box = self._coarse_box(study, canon, present, ref, timings)
         if self.config.roi_channel and user_mask is None:
             raise LiverphaseError(
                 f"model {self.model_name!r} reads the lesion through its mask (roi_channel): "
                 f"give a lesion mask, not {source or 'no location'}",
                 study_path(study),
             )
+        if box is None:  # a segmenting model finds the lesion itself
+            box = self._coarse_box(study, canon, present, ref, timings)
         timings["preprocess"] += time.perf_counter() - tick
-        roi = lesion.snap(user_mask) if self.config.roi_channel and user_mask is not None else None
-        pre = self._preprocess(study.case_id, canon, present, ref, box, timings, roi)
+        pre = self._preprocess(study.case_id, canon, present, ref, box, timings)
         warnings += pre.meta["warnings"] + registration_warnings(pre.meta["registration"])
 
         tick = time.perf_counter()
-        x, kwargs = self._input(pre, present)
+        roi = None
+        if self.config.roi_channel and user_mask is not None:
+            grid = CropGrid.from_dict(pre.meta["crop"])
+            roi = analysis.mask_on_grid(lesion.snap(user_mask), grid)
+        x, kwargs = self._input(pre, present, roi)
         with torch.no_grad():
             prob_t, seg_logits = predict_with_flips(self.model, x, self.tta_flip_axes, **kwargs)
         probs = prob_t[0].cpu().numpy()
@@ -341,10 +344,8 @@ class Predictor:
         ref: str,
         box: lesion.Box6 | None,
         timings: dict[str, float],
-        roi: sitk.Image | None = None,
     ) -> PreprocessedStudy:
-        """Run the bundle's preprocessing on the canonical copy with the crop from `box` (and the
-        lesion mask `roi` resampled onto the crop, for bundles with an ROI channel)."""
+        """Run the bundle's preprocessing on the canonical copy with the crop from `box`."""
         if box is None or self.config.roi_source == "image":
             config = self.config.replace(roi_source="image", phases=tuple(present))
             box = None
@@ -352,9 +353,7 @@ class Predictor:
             if self.config.roi_source == "mask_jitter":
                 box = lesion.enlarge_box(box, float(np.mean(self.config.jitter_scale)))
             config = self.config.replace(roi_source="bbox", phases=tuple(present))
-        study = Study(
-            case_id, {p: canon[p] for p in canon}, mask=roi, bbox=box, reference_phase=ref
-        )
+        study = Study(case_id, {p: canon[p] for p in canon}, bbox=box, reference_phase=ref)
         pre = preprocess_study(study, config)
         t = pre.meta["timings"]
         timings["register"] += float(t.get("register", 0.0))
@@ -388,15 +387,11 @@ class Predictor:
         return box
 
     def _input(
-        self, pre: PreprocessedStudy, present: list[str]
+        self, pre: PreprocessedStudy, present: list[str], roi: np.ndarray | None = None
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """(1, P, C, D, H, W) in the bundle's phase order; absent phases zero and masked out."""
-        if self.config.roi_channel:
-            if pre.mask is None:
-                raise LiverphaseError("the bundle reads an ROI channel: no lesion mask was given")
-            image = torch.from_numpy(with_roi_channel(pre.image, pre.mask))
-        else:
-            image = torch.from_numpy(pre.image)
+        """(1, P, C, D, H, W) in the bundle's phase order; absent phases zero and masked out; the
+        lesion mask on the crop grid `roi`, if given, as every phase's last channel."""
+        image = torch.from_numpy(pre.image if roi is None else with_roi_channel(pre.image, roi))
         x = torch.zeros((1, len(self.phases), *image.shape[1:]), dtype=torch.float32)
         for i, p in enumerate(self.phases):
             if p in present:

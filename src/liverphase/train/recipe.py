@@ -169,7 +169,7 @@ def selection_score(record: dict[str, Any], select_metric: str, has_val: bool) -
     return [-record["val_loss"]]
 
 
-def check_lambda(model: torch.nn.Module, cfg: TrainConfig, roi_channel: bool = False) -> None:
+def check_model_config(model: torch.nn.Module, cfg: TrainConfig, roi_channel: bool = False) -> None:
     """The λ a model mixes its logits with must be the one the config names (it lives in both),
     phase dropout needs a model that takes a phase mask, and a model that reads an ROI channel
     needs data that gives one (else it would read its last intensity channel as the lesion mask)."""

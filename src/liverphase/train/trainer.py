@@ -36,7 +36,7 @@ from liverphase.train.recipe import (
     build_optimizer,
     build_scheduler,
     bundle_metrics,
-    check_lambda,
+    check_model_config,
     class_weights,
     default_device,
     derived_seed,
@@ -122,7 +122,7 @@ class Trainer:
             model = self.model_factory().to(self.device)
             self.model = model
             self.segments = bool(getattr(model, "segments", False))
-            check_lambda(model, cfg, self.roi_channel)
+            check_model_config(model, cfg, self.roi_channel)
             net = self._wrap(model)
             opt = build_optimizer(cfg, model)
             sched = build_scheduler(cfg, opt)
