@@ -235,6 +235,10 @@ def test_ablate_tables_cover_the_papers_experiments() -> None:
         ["NC", "ART", "DL"],
     ]
     assert tables["4. Input channels"]["1 raw channel"]["in_channels"] == 1
+    region = tables["1. MIFF+SPM vs other networks and the kinetics baseline"][
+        "miff_spm + region reading"
+    ]
+    assert region["model_options"] == {**full["model_options"], "region_kinetics": True}
 
 
 def test_ablate_std_net_suite_tables() -> None:
@@ -449,7 +453,7 @@ def test_every_ablate_variant_builds_a_consistent_experiment(cohort: Path, suite
                 assert exp.train.mtl_lambda == lam
             phases = variant.get("phases") or ds.phases
             model = model_factory_from_config(exp.train, 2, phases, exp.preprocess.n_channels)()
-            check_model_config(model, exp.train)
+            check_model_config(model, exp.train, exp.preprocess.roi_channel)
 
 
 def test_ablate_reuses_a_run_only_when_its_settings_match(cohort: Path, tmp_path: Path) -> None:
@@ -499,6 +503,15 @@ def test_ablate_reuses_a_run_only_when_its_settings_match(cohort: Path, tmp_path
     (runs / "01_miff_spm" / "predictions.csv").unlink()  # unfinished: its name is free again
     again = plan_run_dirs(runs, {_key(v): record(v) for v in (full, backbone)})
     assert again[_key(backbone)].name == "01_miff_spm"
+    # `cv --model miff_spm` names no switch: its defaults are ablate's full model, the same run;
+    # naming a switch off is not
+    plain = {"model": "miff_spm"}
+    (runs / "00_miff_spm" / "run.json").write_text(json.dumps(record(plain)))
+    assert plan_run_dirs(runs, {_key(full): record(full)})[_key(full)].name == "00_miff_spm"
+    assert record(plain)["model_options"] != record(full)["model_options"]
+    no_spm = {"model": "miff_spm", "model_options": {"spm": False}}
+    (runs / "00_miff_spm" / "run.json").write_text(json.dumps(record(no_spm)))
+    assert plan_run_dirs(runs, {_key(full): record(full)})[_key(full)].name != "00_miff_spm"
 
 
 def test_ablate_std_net_missing_phase_table_end_to_end(cohort: Path, tmp_path: Path) -> None:

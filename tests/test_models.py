@@ -96,3 +96,16 @@ def test_wrong_input_shape_is_a_clear_error(name: str):
         model(batch(2, 4, 1))
     with pytest.raises(ValueError, match="3 phases x 1 channels"):
         model(batch(2, 3, 3))
+
+
+def test_model_defaults_are_the_builders_keyword_defaults():
+    from liverphase.models.registry import model_defaults
+
+    miff = model_defaults("miff_spm")
+    assert miff["miff"] is True and miff["spm"] is True and miff["mtl_lambda"] == 0.5
+    assert miff["region_kinetics"] is False and miff["in_channels"] == 3
+    assert "num_classes" not in miff and "phases" not in miff
+    built = create_model("miff_spm", 2, ["NC", "ART", "PV", "DL"])
+    assert built.mtl_lambda == miff["mtl_lambda"]
+    with pytest.raises(KeyError, match="unknown model"):
+        model_defaults("no_such_model")

@@ -144,11 +144,18 @@ def test_cv_experiment_of_region_kinetics_adds_the_roi_channel(tmp_path) -> None
     assert exp.preprocess.roi_channel and exp.preprocess.n_channels == 4
     assert exp.model_options["in_channels"] == 4 == exp.train.model_options["in_channels"]
     assert exp.model_factory()().region_head is not None
+    # the region head trains at 100x unless the config names its own rate
+    assert exp.train.head_lr_scale == 100.0
+    named = make_experiment(
+        ds, "miff_spm", model_options={"region_kinetics": True}, head_lr_scale=3.0
+    )
+    assert named.train.head_lr_scale == 3.0
     plain = make_experiment(ds, "miff_spm")
     assert not plain.preprocess.roi_channel and plain.model_options["in_channels"] == 3
+    assert plain.train.head_lr_scale == 1.0
     # a segmenting model's region reading goes through its own mask: no ROI channel
     seg = make_experiment(ds, "std_net", model_options={"region_kinetics": True})
-    assert not seg.preprocess.roi_channel
+    assert not seg.preprocess.roi_channel and seg.train.head_lr_scale == 1.0
 
 
 def test_a_model_reading_the_roi_refuses_data_without_it(tmp_path) -> None:

@@ -369,7 +369,10 @@ def ablate(
     seed: int = typer.Option(0),
     workers: int = _WORKERS,
 ) -> None:
-    """A paper's experiments (networks, components, λ, channels, phases; or STD-Net's) in one command."""
+    """A paper's experiments (networks, components, λ, channels, phases; or STD-Net's) in one command.
+
+    Run again on the same OUT, it reuses finished runs with the same settings and continues an
+    interrupted one from its last epoch, so a long ablation can be spread over several sittings."""
     from liverphase.evaluate.ablate import parse_tables, run_ablate
 
     chosen = parse_tables(tables, dataset, suite)

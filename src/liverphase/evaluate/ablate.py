@@ -2,7 +2,8 @@
 
 Suite `paper` (the four-phase CT paper, MIFF+SPM; each row a full cross-validation, identical
 variants trained once and reused):
-1. miff_spm against resnet3d18, densenet3d121, stic, early_fusion and the kinetics baseline;
+1. miff_spm against itself reading the lesion through its mask (`region_kinetics`, not the
+   paper's), resnet3d18, densenet3d121, stic, early_fusion and the kinetics baseline;
 2. Backbone, +SPM, +MIFF, +SPM+MIFF, +MTL (miff_spm's switches);
 3. λ ∈ {0, 0.25, 0.5, 0.75};
 4. 1 raw channel vs 3 CT windows;
@@ -13,6 +14,8 @@ Suite `std_net` (STD-Net, joint segmentation and characterisation):
 2. phases: four vs three (ART+PV+DL, the published model's) vs two (ART+PV);
 3. a phase missing at inference: the full model's own folds re-predicted with each phase withheld
    through its phase mask (`evaluate.missing_phase`; nothing is trained for this table).
+Runs live in RUN/runs: a finished run whose run.json holds a variant's settings is reused, and a run
+killed midway (its folder keeps variant.json and the folds' checkpoints) is continued by the next call.
 Every row has AUC, accuracy and F1 with patient-bootstrap CIs and DeLong's p against the suite's full
 model; models that segment add Dice, HD95 and surface Dice with CIs and a paired p on Dice.
 """
@@ -32,6 +35,7 @@ from liverphase.evaluate.cv import make_experiment, run_cv, run_record
 from liverphase.evaluate.missing_phase import missing_phase_run
 from liverphase.evaluate.report import markdown_table
 from liverphase.io.nifti import open_dataset
+from liverphase.models.registry import model_defaults
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.train.config import TrainConfig
 
@@ -101,6 +105,10 @@ def experiment_tables(
     tables: dict[str, dict[str, dict[str, Any]]] = {
         "1. MIFF+SPM vs other networks and the kinetics baseline": {
             "miff_spm": full,
+            "miff_spm + region reading": {
+                **full,
+                "model_options": {**full["model_options"], "region_kinetics": True},
+            },
             "resnet3d18": _variant("resnet3d18"),
             "densenet3d121": _variant("densenet3d121"),
             "stic": _variant("stic"),
@@ -158,39 +166,81 @@ def _key(variant: dict[str, Any]) -> str:
     )
 
 
+def _with_model_defaults(model: Any, options: Any) -> Any:
+    """A model's options with the defaults it was built with filled in: `cv --model miff_spm` and
+    ablate's miff_spm with miff, spm named as their defaults are the same run."""
+    if not isinstance(options, dict):
+        return options
+    try:
+        defaults = model_defaults(str(model))
+    except KeyError:  # a model this version no longer has: compared as recorded
+        return options
+    return json.loads(json.dumps({**defaults, **options}, default=str))
+
+
 def _with_defaults(record: dict[str, Any]) -> dict[str, Any]:
-    """A run record with its training and preprocessing read back through their configs, so a run
-    recorded before a setting existed holds that setting's default (the behaviour it ran with)."""
+    """A run record with its training and preprocessing read back through their configs and its
+    model options through the model's defaults, so a run recorded before a setting existed, or with
+    a default left unnamed, holds that setting's default (the behaviour it ran with)."""
     out = dict(record)
     for key, config in (("training", TrainConfig), ("preprocessing", PreprocessConfig)):
         if isinstance(out.get(key), dict):
             out[key] = json.loads(json.dumps(config.from_dict(out[key]).to_dict()))
+    out["model_options"] = _with_model_defaults(out.get("model"), out.get("model_options"))
+    if isinstance(out.get("training"), dict):
+        training = out["training"]
+        training["model_options"] = _with_model_defaults(
+            training.get("model"), training.get("model_options")
+        )
     return out
+
+
+# Written into a run folder before its cross-validation starts: an unfinished folder carrying it
+# is that variant's interrupted run, which the next `ablate` continues instead of restarting.
+VARIANT_JSON = "variant.json"
+
+
+def _same_settings(info: dict[str, Any], record: dict[str, Any]) -> bool:
+    try:
+        info = _with_defaults(info)
+    except ConfigError:  # a setting this version no longer knows: not the same run
+        return False
+    return all(info.get(k) == v for k, v in _with_defaults(record).items())
 
 
 def _holds(run_dir: Path, record: dict[str, Any]) -> bool:
     """Whether `run_dir` is a finished run whose run.json records exactly these settings."""
     if not ((run_dir / "run.json").is_file() and (run_dir / "predictions.csv").is_file()):
         return False
-    try:
-        info = _with_defaults(json.loads((run_dir / "run.json").read_text()))
-    except ConfigError:  # a setting this version no longer knows: not the same run
-        return False
-    return all(info.get(k) == v for k, v in _with_defaults(record).items())
+    return _same_settings(json.loads((run_dir / "run.json").read_text()), record)
+
+
+def _started(run_dir: Path) -> dict[str, Any] | None:
+    """The settings an unfinished run folder was started with (None: finished, or not ablate's)."""
+    if (run_dir / "predictions.csv").is_file() or not (run_dir / VARIANT_JSON).is_file():
+        return None
+    return json.loads((run_dir / VARIANT_JSON).read_text())
 
 
 def plan_run_dirs(runs_root: Path, records: dict[str, dict[str, Any]]) -> dict[str, Path]:
     """Variant key → its run folder. A finished run made with exactly the same settings is reused,
-    whatever its number; any other variant gets the next `NN_model` name no finished run holds, so
-    a RUN folder grown table by table never passes one variant's results off as another's."""
-    finished = [d for d in sorted(runs_root.glob("*")) if (d / "predictions.csv").is_file()]
+    whatever its number, and an interrupted one is continued; any other variant gets the next
+    `NN_model` name no finished or started run holds, so a RUN folder grown table by table (or
+    session by session) never passes one variant's results off as another's."""
+    folders = sorted(runs_root.glob("*"))
+    finished = [d for d in folders if (d / "predictions.csv").is_file()]
+    started = {d: info for d in folders if (info := _started(d)) is not None}
     plan: dict[str, Path] = {}
     for key, record in records.items():
         match = next((d for d in finished if _holds(d, record)), None)
         if match is None:
+            match = next((d for d, i in started.items() if _same_settings(i, record)), None)
+        if match is None:
             index = len(plan)
-            while (name := runs_root / f"{index:02d}_{record['model']}") in finished or (
-                name in plan.values()
+            while (
+                (name := runs_root / f"{index:02d}_{record['model']}") in finished
+                or name in started
+                or name in plan.values()
             ):
                 index += 1
             match = name
@@ -246,7 +296,9 @@ def run_ablate(
         if _holds(run_dir, records[key]):
             log(f"cv {run_dir.name}: reused, same settings ({kwargs_of[key]})")
             continue
-        log(f"cv {run_dir.name}: {kwargs_of[key]}")
+        resumed = (run_dir / VARIANT_JSON).is_file()
+        log(f"cv {run_dir.name}: {'continued, ' if resumed else ''}{kwargs_of[key]}")
+        atomic_write_json(run_dir / VARIANT_JSON, records[key])
         run_cv(
             dataset,
             run_dir,
@@ -256,6 +308,7 @@ def run_ablate(
             cache_root=out / "cache",
             workers=workers,
             n_boot=n_boot,
+            resume=resumed,  # an interrupted run goes on from its folds' last checkpoints
             progress=False,
         )
     sections, results = [], {}

@@ -5,6 +5,7 @@ from liverphase.models.registry import (
     MultiPhaseModel,
     create_model,
     list_models,
+    model_defaults,
     model_info,
     register_model,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "MultiPhaseModel",
     "create_model",
     "list_models",
+    "model_defaults",
     "model_info",
     "register_model",
 ]

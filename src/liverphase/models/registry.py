@@ -105,6 +105,19 @@ def model_info(name: str) -> dict[str, Any]:
     return dict(_INFO[name])
 
 
+def model_defaults(name: str) -> dict[str, Any]:
+    """The options a registered model takes, with the default each gets when not given."""
+    _load_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    params = inspect.signature(_REGISTRY[name]).parameters.values()
+    return {
+        p.name: p.default
+        for p in params
+        if p.default is not inspect.Parameter.empty and p.name not in ("num_classes", "phases")
+    }
+
+
 def create_model(
     name: str,
     num_classes: int = 2,
