@@ -26,7 +26,7 @@ from liverphase.preprocess.roi import (
     grid_for_box,
     jitter_box,
     lesion_mask_on_reference,
-    native_grid,
+    spacing_grid,
 )
 from test_preprocess_phantom import phantom_study
 
@@ -214,18 +214,20 @@ def test_grid_for_box_tiles_the_box(study: Study) -> None:
     np.testing.assert_allclose(np.asarray(grid.spacing) * grid.size, box.extent)
 
 
-def test_union_and_native_grid(study: Study) -> None:
+def test_union_and_spacing_grid(study: Study) -> None:
     frame = frame_of(study.reference)
     lesion = box_from_mask(study.mask, frame)
     shifted = Box(tuple(np.add(lesion.lo, 30.0)), tuple(np.add(lesion.hi, 30.0)), lesion.direction)
     both = lesion.union(shifted)
     assert _contains(both, lesion) and _contains(both, shifted)
     assert np.allclose(both.extent, lesion.extent + 30.0)
-    grid = native_grid(both, study.reference)
+    grid = spacing_grid(both, 1.0)
     assert np.allclose(grid.box.lo, both.lo) and np.allclose(grid.box.hi, both.hi)
-    # about the scan's own voxel size (2, 2, 3 mm), never more than max_size voxels an axis
-    assert np.allclose(grid.spacing, study.reference.GetSpacing(), rtol=0.1)
-    assert max(native_grid(both, study.reference, max_size=8).size) == 8
+    # about the spacing asked for (here 1 mm, whatever the scan's), never more than max_size an axis
+    assert np.allclose(grid.spacing, 1.0, rtol=0.1)
+    xyz = spacing_grid(both, (2.0, 2.0, 3.0))
+    assert np.allclose(xyz.spacing, (2.0, 2.0, 3.0), rtol=0.1)
+    assert max(spacing_grid(both, 1.0, max_size=8).size) == 8
 
 
 def test_outside_box_is_the_crop_margin() -> None:

@@ -23,14 +23,18 @@ from liverphase.explain.kinetics import named_patterns
 from liverphase.inference.context import ReportContext
 from liverphase.inference.lesion import snap
 from liverphase.preprocess.config import PreprocessConfig
-from liverphase.preprocess.kinetics import KINETICS_MARGIN_MM, measure_kinetics
+from liverphase.preprocess.kinetics import (
+    KINETICS_MARGIN_MM,
+    KINETICS_SPACING_MM,
+    measure_kinetics,
+)
 from liverphase.preprocess.register import transform_from_dict
 from liverphase.preprocess.roi import (
     Box,
     CropGrid,
-    native_grid,
     phases_on_grid,
     resample_to_grid,
+    spacing_grid,
     to_reference_grid,
 )
 
@@ -39,17 +43,16 @@ MAX_SIZE = 128
 
 def analysis_grid(
     crop: dict[str, Any],
-    reference: sitk.Image,
     lesion_box: dict[str, Any] | None = None,
     max_size: int = MAX_SIZE,
 ) -> CropGrid:
     """A grid over the crop box, grown to hold the lesion box plus the liver ring the kinetics need
-    (`lesion_box`: meta's lo/hi in frame mm), with about `reference`'s voxel size."""
+    (`lesion_box`: meta's lo/hi in frame mm), at the 1 mm the kinetics baseline measures on."""
     box = CropGrid.from_dict(crop).box
     if lesion_box is not None:
         lesion = Box(tuple(lesion_box["lo"]), tuple(lesion_box["hi"]), box.direction)  # type: ignore[arg-type]
         box = box.union(lesion.expand(KINETICS_MARGIN_MM))
-    return native_grid(box, reference, max_size)
+    return spacing_grid(box, KINETICS_SPACING_MM, max_size)
 
 
 def phase_values(
@@ -156,7 +159,7 @@ def report_context(
     the ellipsoid inscribed in the lesion box (with a warning).
     """
     crop = meta["crop"]
-    grid = analysis_grid(crop, canon[ref], meta.get("lesion_box_mm"))
+    grid = analysis_grid(crop, meta.get("lesion_box_mm"))
     values = phase_values(canon, grid, meta["registration"], present, config.default_pad)
     if user_mask is not None:
         mask = mask_on_grid(snap(user_mask), grid)

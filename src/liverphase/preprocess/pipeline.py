@@ -5,8 +5,8 @@ registration transform (no intermediate 1 mm volume, so one interpolation and no
 resampling). Registration sees the reference phase resampled to `register_spacing_mm` over the
 crop box plus `register_margin_mm`; the other phases are cropped to that region without
 interpolation before they are smoothed or registered. The kinetics (region means in HU) are measured
-on a second grid, the mask's box plus the liver ring at about the scan's voxel size, so they do not
-depend on the model's crop.
+on a second grid, the mask's box plus the liver ring at 1 mm (`KINETICS_SPACING_MM`), so they depend
+neither on the model's crop nor on the scan's slice thickness.
 """
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ from liverphase.preprocess.intensity import (
     mri_stats,
     ring_reference,
 )
-from liverphase.preprocess.kinetics import KINETICS_MARGIN_MM, PARENCHYMA_HU, measure_kinetics
+from liverphase.preprocess.kinetics import (
+    KINETICS_MARGIN_MM,
+    KINETICS_SPACING_MM,
+    PARENCHYMA_HU,
+    measure_kinetics,
+)
 from liverphase.preprocess.register import (
     RegistrationResult,
     fixed_region,
@@ -52,10 +57,10 @@ from liverphase.preprocess.roi import (
     grid_for_box,
     jitter_box,
     leaves_volume,
-    native_grid,
     outside_box,
     phases_on_grid,
     resample_to_grid,
+    spacing_grid,
     to_reference_grid,
 )
 
@@ -330,10 +335,10 @@ def _study_kinetics(
     config: PreprocessConfig,
 ) -> dict[str, Any]:
     """Region means in HU (or signal), the kinetics baseline's features, on the mask's box (`mask_box`)
-    plus the liver ring at about the scan's voxel size, phases registered: the same numbers whatever crop
+    plus the liver ring at `KINETICS_SPACING_MM`, phases registered: the same numbers whatever crop
     (margin, jitter, input size) the model uses."""
     assert study.mask is not None
-    grid = native_grid(mask_box.expand(KINETICS_MARGIN_MM), canon[study.reference_phase])
+    grid = spacing_grid(mask_box.expand(KINETICS_MARGIN_MM), KINETICS_SPACING_MM)
     transforms = {p: reg[p].transform for p in phases}
     values = phases_on_grid(canon, grid, transforms, phases, pads)
     mask = sitk.GetArrayFromImage(resample_to_grid(study.mask, grid, None, "nearest", 0))

@@ -205,10 +205,10 @@ def outside_box(grid: CropGrid, box: Box) -> np.ndarray:
     return ~(z[:, None, None] & y[None, :, None] & x[None, None, :])
 
 
-def native_grid(box: Box, reference: sitk.Image, max_size: int = 128) -> CropGrid:
-    """A grid over `box` with about `reference`'s voxel size (canonical reference), at most
-    `max_size` voxels an axis: where region means in HU are measured at the scan's own detail."""
-    spacing = np.asarray(reference.GetSpacing(), float)
+def spacing_grid(box: Box, spacing_mm: float | Sequence[float], max_size: int = 128) -> CropGrid:
+    """A grid over `box` with about `spacing_mm` (one value, or x y z) between voxels, at most
+    `max_size` voxels an axis (coarser along an axis the box would overfill)."""
+    spacing = np.broadcast_to(np.asarray(spacing_mm, float), (3,))
     size = np.clip(np.round(box.extent / spacing), 2, max_size).astype(int)
     return grid_for_box(box, tuple(int(v) for v in size[::-1]), keep_aspect=False)
 
