@@ -219,7 +219,10 @@ def _started(run_dir: Path) -> dict[str, Any] | None:
     """The settings an unfinished run folder was started with (None: finished, or not ablate's)."""
     if (run_dir / "predictions.csv").is_file() or not (run_dir / VARIANT_JSON).is_file():
         return None
-    return json.loads((run_dir / VARIANT_JSON).read_text())
+    try:
+        return json.loads((run_dir / VARIANT_JSON).read_text())
+    except ValueError:  # not ablate's record (written atomically, so never half a file)
+        return None
 
 
 def plan_run_dirs(runs_root: Path, records: dict[str, dict[str, Any]]) -> dict[str, Path]:
@@ -296,7 +299,7 @@ def run_ablate(
         if _holds(run_dir, records[key]):
             log(f"cv {run_dir.name}: reused, same settings ({kwargs_of[key]})")
             continue
-        resumed = (run_dir / VARIANT_JSON).is_file()
+        resumed = _started(run_dir) is not None  # planned here only when its settings match
         log(f"cv {run_dir.name}: {'continued, ' if resumed else ''}{kwargs_of[key]}")
         atomic_write_json(run_dir / VARIANT_JSON, records[key])
         run_cv(

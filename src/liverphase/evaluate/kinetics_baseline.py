@@ -2,8 +2,9 @@
 
 Features per phase (from the cached preprocessing meta, measured in HU on the phases registered and
 resampled to 1 mm over the lesion box and its liver ring): mean of the lesion, its core and rim, the
-liver around it, lesion minus liver, rim minus core and relative enhancement. A scikit-learn pipeline (standardise → L2 logistic regression, C chosen by inner CV on the
-training fold only) is fitted per fold on exactly the folds the networks use.
+liver around it, lesion minus liver, rim minus core and relative enhancement. A scikit-learn pipeline
+(standardise → L2 logistic regression, C chosen by inner CV on the training fold only) is fitted per
+fold on exactly the folds the networks use.
 """
 
 from __future__ import annotations

@@ -31,9 +31,8 @@ from liverphase.io.study import Study
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.preprocess.pipeline import preprocess_study
 
-CACHE_FORMAT = (
-    5  # 3: registration on a coarsened moving image; 4: kinetics on the native grid; 5: at 1 mm
-)
+# 3: registration on a coarsened moving image; 4: kinetics on the scan's grid; 5: kinetics at 1 mm
+CACHE_FORMAT = 5
 IMAGE, MASK, META, INDEX, HASHES = (
     "image.npy",
     "mask.npy",
