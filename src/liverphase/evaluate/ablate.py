@@ -200,19 +200,29 @@ def _with_defaults(record: dict[str, Any]) -> dict[str, Any]:
 VARIANT_JSON = "variant.json"
 
 
-def _same_settings(info: dict[str, Any], record: dict[str, Any]) -> bool:
+def _normalised(info: dict[str, Any]) -> dict[str, Any] | None:
+    """`_with_defaults` of a recorded run; None for a setting this version no longer knows (so
+    not the same run as any row's)."""
     try:
-        info = _with_defaults(info)
-    except ConfigError:  # a setting this version no longer knows: not the same run
-        return False
-    return all(info.get(k) == v for k, v in _with_defaults(record).items())
+        return _with_defaults(info)
+    except ConfigError:
+        return None
+
+
+def _matches(info: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
+    return info is not None and all(info.get(k) == v for k, v in wanted.items())
+
+
+def _finished_record(run_dir: Path) -> dict[str, Any] | None:
+    """The normalised run.json of a finished run folder (None: unfinished, or not recorded)."""
+    if not ((run_dir / "run.json").is_file() and (run_dir / "predictions.csv").is_file()):
+        return None
+    return _normalised(json.loads((run_dir / "run.json").read_text()))
 
 
 def _holds(run_dir: Path, record: dict[str, Any]) -> bool:
     """Whether `run_dir` is a finished run whose run.json records exactly these settings."""
-    if not ((run_dir / "run.json").is_file() and (run_dir / "predictions.csv").is_file()):
-        return False
-    return _same_settings(json.loads((run_dir / "run.json").read_text()), record)
+    return _matches(_finished_record(run_dir), _with_defaults(record))
 
 
 def _started(run_dir: Path) -> dict[str, Any] | None:
@@ -231,13 +241,14 @@ def plan_run_dirs(runs_root: Path, records: dict[str, dict[str, Any]]) -> dict[s
     `NN_model` name no finished or started run holds, so a RUN folder grown table by table (or
     session by session) never passes one variant's results off as another's."""
     folders = sorted(runs_root.glob("*"))
-    finished = [d for d in folders if (d / "predictions.csv").is_file()]
-    started = {d: info for d in folders if (info := _started(d)) is not None}
+    finished = {d: _finished_record(d) for d in folders if (d / "predictions.csv").is_file()}
+    started = {d: _normalised(info) for d in folders if (info := _started(d)) is not None}
     plan: dict[str, Path] = {}
     for key, record in records.items():
-        match = next((d for d in finished if _holds(d, record)), None)
+        wanted = _with_defaults(record)
+        match = next((d for d, i in finished.items() if _matches(i, wanted)), None)
         if match is None:
-            match = next((d for d, i in started.items() if _same_settings(i, record)), None)
+            match = next((d for d, i in started.items() if _matches(i, wanted)), None)
         if match is None:
             index = len(plan)
             while (

@@ -150,7 +150,7 @@ class Predictor:
 
         tick = time.perf_counter()
         roi = None
-        if self.config.roi_channel and user_mask is not None:
+        if self.config.roi_channel:  # the mask was demanded above
             grid = CropGrid.from_dict(pre.meta["crop"])
             roi = analysis.mask_on_grid(lesion.snap(user_mask), grid)
         x, kwargs = self._input(pre, present, roi)
