@@ -169,12 +169,36 @@ def test_user_errors_exit_2_with_one_line(cohort: Path, tmp_path: Path) -> None:
             str(tmp_path / "p"),
         ],
         ["ablate", str(cohort), "--out", str(tmp_path / "a"), "--tables", "7"],
+        ["preprocess", str(cohort), "--out", str(tmp_path / "c"), "--profile", "gpu"],
     ]
     for args in cases:
         result = RUNNER.invoke(app, args)
         assert result.exit_code == 2, f"{args}: {result.output}"
         lines = [ln for ln in result.output.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+
+
+def test_preprocess_builds_the_entries_cv_reads(
+    cohort: Path, small_config: Path, tmp_path: Path
+) -> None:
+    from liverphase.evaluate.cv import make_experiment
+    from liverphase.io.nifti import open_dataset
+    from liverphase.preprocess.build import preprocess_dataset
+    from liverphase.train.options import experiment_kwargs
+
+    cache = tmp_path / "cache"
+    # a segmenting model on three phases: its own ROI source, margin and phases, all in the key
+    args = ["--model", "std_net", "--phases", "ART,PV,DL", "--config", str(small_config)]
+    first = _ok(["preprocess", str(cohort), "--out", str(cache), *args])
+    assert "built 12, reused 0" in first
+    assert "built 0, reused 12" in _ok(["preprocess", str(cohort), "--out", str(cache), *args])
+    kwargs = experiment_kwargs("std_net", "cpu", small_config, phases="ART,PV,DL")
+    exp = make_experiment(open_dataset(cohort), **kwargs)
+    stats = preprocess_dataset(cohort, cache, exp.preprocess, progress=False)
+    assert (stats["built"], stats["reused"]) == (0, 12)
+    # the classifier's entries (mask ROI, 10 mm margin, four phases) are other entries
+    other = _ok(["preprocess", str(cohort), "--out", str(cache), "--config", str(small_config)])
+    assert "built 12, reused 0" in other
 
 
 def test_compare_runs_on_same_folds_with_delong_and_kinetics(

@@ -127,27 +127,24 @@ _OPTION = typer.Option(
 @user_errors
 def preprocess(
     dataset: Path = typer.Argument(..., help="An nnU-Net dataset with cases.csv."),
-    out: Path = typer.Option(..., "--out", help="Cache folder."),
-    workers: int = typer.Option(1, min=1, help="Worker processes."),
-    profile: str = typer.Option(
-        "cpu", help="Input grid of this training profile (paper: 64x128x128)."
-    ),
-    config: Path | None = typer.Option(None, help="YAML of PreprocessConfig fields."),
-    no_register: bool = typer.Option(False, "--no-register", help="Skip inter-phase registration."),
+    out: Path = typer.Option(..., "--out", help="Cache folder (give it to train/cv as --cache)."),
+    model: str = _MODEL,
+    profile: str = _PROFILE,
+    config: Path | None = _CONFIG,
+    phases: str | None = _PHASES,
+    in_channels: int = _IN_CHANNELS,
+    option: list[str] = _OPTION,
+    workers: int = _WORKERS,
+    no_register: bool = _NO_REGISTER,
 ) -> None:
-    """Preprocess every case into a content-addressed cache (a rerun with nothing changed does nothing)."""
-    from liverphase.preprocess.build import preprocess_dataset
-    from liverphase.preprocess.config import PreprocessConfig
-    from liverphase.train.config import PROFILE_INPUT
+    """Build the cache entries `train`/`cv` with the same options will read (a rerun does nothing)."""
+    from liverphase.evaluate.cv import preprocess_experiment
+    from liverphase.train.options import experiment_kwargs
 
-    cfg = (
-        PreprocessConfig.from_yaml(config)
-        if config
-        else PreprocessConfig(size=PROFILE_INPUT.get(profile, (64, 128, 128)))
+    kwargs = experiment_kwargs(
+        model, profile, config, None, None, None, phases, in_channels, option, no_register
     )
-    if no_register:
-        cfg = cfg.replace(register=False)
-    stats = preprocess_dataset(dataset, out, cfg, workers=workers)
+    stats = preprocess_experiment(dataset, out, kwargs, workers=workers)
     typer.echo(
         f"built {stats['built']}, reused {stats['reused']}, {stats['seconds']:.1f} s; cache {out}"
     )

@@ -250,6 +250,21 @@ def write_oof_report(
     return metrics, preds
 
 
+def preprocess_experiment(
+    dataset: str | Path,
+    cache_root: str | Path,
+    exp_kwargs: dict[str, Any],
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build the cache entries `train`/`cv` with the same experiment options read (preprocess_dataset's stats)."""
+    ds = open_dataset(dataset)
+    exp = make_experiment(ds, **exp_kwargs)
+    return preprocess_dataset(
+        ds.root, cache_root, exp.preprocess, workers=workers, progress=progress
+    )
+
+
 def run_cv(
     dataset: str | Path,
     out: str | Path,
