@@ -142,7 +142,13 @@ def preprocess(
     from liverphase.train.options import experiment_kwargs
 
     kwargs = experiment_kwargs(
-        model, profile, config, None, None, None, phases, in_channels, option, no_register
+        model,
+        profile,
+        config,
+        phases=phases,
+        in_channels=in_channels,
+        option=option,
+        no_register=no_register,
     )
     stats = preprocess_experiment(dataset, out, kwargs, workers=workers)
     typer.echo(

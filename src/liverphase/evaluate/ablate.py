@@ -220,11 +220,6 @@ def _finished_record(run_dir: Path) -> dict[str, Any] | None:
     return _normalised(json.loads((run_dir / "run.json").read_text()))
 
 
-def _holds(run_dir: Path, record: dict[str, Any]) -> bool:
-    """Whether `run_dir` is a finished run whose run.json records exactly these settings."""
-    return _matches(_finished_record(run_dir), _with_defaults(record))
-
-
 def _started(run_dir: Path) -> dict[str, Any] | None:
     """The settings an unfinished run folder was started with (None: finished, or not ablate's)."""
     if (run_dir / "predictions.csv").is_file() or not (run_dir / VARIANT_JSON).is_file():
@@ -240,25 +235,32 @@ def plan_run_dirs(runs_root: Path, records: dict[str, dict[str, Any]]) -> dict[s
     whatever its number, and an interrupted one is continued; any other variant gets the next
     `NN_model` name no finished or started run holds, so a RUN folder grown table by table (or
     session by session) never passes one variant's results off as another's."""
+    return {key: run_dir for key, (run_dir, _) in _plan(runs_root, records).items()}
+
+
+def _plan(runs_root: Path, records: dict[str, dict[str, Any]]) -> dict[str, tuple[Path, str]]:
+    """`plan_run_dirs` with each folder's state: finished (reuse), started (continue) or new."""
     folders = sorted(runs_root.glob("*"))
     finished = {d: _finished_record(d) for d in folders if (d / "predictions.csv").is_file()}
     started = {d: _normalised(info) for d in folders if (info := _started(d)) is not None}
-    plan: dict[str, Path] = {}
+    plan: dict[str, tuple[Path, str]] = {}
     for key, record in records.items():
         wanted = _with_defaults(record)
-        match = next((d for d, i in finished.items() if _matches(i, wanted)), None)
-        if match is None:
-            match = next((d for d, i in started.items() if _matches(i, wanted)), None)
-        if match is None:
+        for state, candidates in (("finished", finished), ("started", started)):
+            match = next((d for d, i in candidates.items() if _matches(i, wanted)), None)
+            if match is not None:
+                plan[key] = (match, state)
+                break
+        else:
             index = len(plan)
+            taken = {d for d, _ in plan.values()}
             while (
                 (name := runs_root / f"{index:02d}_{record['model']}") in finished
                 or name in started
-                or name in plan.values()
+                or name in taken
             ):
                 index += 1
-            match = name
-        plan[key] = match
+            plan[key] = (name, "new")
     return plan
 
 
@@ -305,12 +307,13 @@ def run_ablate(
             records[_key(variant)] = run_record(
                 make_experiment(ds, seed=seed, **kwargs), folds, seed
             )
-    runs = plan_run_dirs(out / "runs", records)
-    for key, run_dir in runs.items():
-        if _holds(run_dir, records[key]):
+    plan = _plan(out / "runs", records)
+    runs = {key: run_dir for key, (run_dir, _) in plan.items()}
+    for key, (run_dir, state) in plan.items():
+        if state == "finished":
             log(f"cv {run_dir.name}: reused, same settings ({kwargs_of[key]})")
             continue
-        resumed = _started(run_dir) is not None  # planned here only when its settings match
+        resumed = state == "started"
         log(f"cv {run_dir.name}: {'continued, ' if resumed else ''}{kwargs_of[key]}")
         atomic_write_json(run_dir / VARIANT_JSON, records[key])
         run_cv(
