@@ -5,7 +5,7 @@
 
 A spec is NAME[:key=value...]; `channels=N` sets the input channels per phase (an ROI channel adds one),
 every other key is a model option (values read as YAML scalars). Figures are
-`bench.models.profile_one`'s (median forward+backward seconds over --repeats after a warm-up step,
+`train.profile.profile_one`'s (median forward+backward seconds over --repeats after a warm-up step,
 the step's peak resident memory above the built model); ratios are against the first spec.
 """
 
@@ -19,10 +19,10 @@ from typing import Any
 import torch
 import yaml
 
-from liverphase.bench.models import profile_one
 from liverphase.phases import CT_PHASES
 from liverphase.preprocess.config import DEFAULT_WINDOWS
 from liverphase.train.config import PROFILE_INPUT
+from liverphase.train.profile import profile_one
 
 
 def parse_spec(spec: str) -> tuple[str, int, dict[str, Any]]:

@@ -232,14 +232,26 @@ def test_compare_runs_on_same_folds_with_delong_and_kinetics(
     assert by_model["resnet2d_avg"]["delong_p"] is None
     assert 0.0 <= by_model["early_fusion"]["delong_p"] <= 1.0
     assert by_model["early_fusion"]["params"] > 0 and by_model["early_fusion"]["step_s"] > 0
+    # each network timed side by side in this sitting; the baseline trains nothing
+    assert (
+        by_model["early_fusion"]["step_timed_s"] > 0
+        and by_model["resnet2d_avg"]["step_timed_s"] > 0
+    )
+    assert by_model["kinetics (logistic regression)"]["step_timed_s"] is None
+    assert "Step s (timed)" in out and "Step s (logs)" in out
     assert len(by_model["kinetics (logistic regression)"]["auc_ci"]) == 2
     assert "DeLong p" in out
     # a run cached elsewhere (--cache) records where: compare finds it without being told
     assert json.loads((other / "run.json").read_text())["cache"] == str(
         (cv_run / "cache").resolve()
     )
-    _ok(["compare", str(other), str(cv_run), "--data", str(cohort), "--out", str(tmp_path / "c2")])
+    c2 = ["compare", str(other), str(cv_run), "--data", str(cohort), "--out", str(tmp_path / "c2")]
+    assert "Step s (timed)" not in _ok([*c2, "--no-time-steps"])
     assert not (other / "cache").exists()
+    assert all(
+        r["step_timed_s"] is None
+        for r in json.loads((tmp_path / "c2" / "comparison.json").read_text())
+    )
 
 
 def test_ablate_tables_cover_the_papers_experiments() -> None:
@@ -561,3 +573,8 @@ def test_ablate_std_net_missing_phase_table_end_to_end(cohort: Path, tmp_path: P
         assert run["missing_phase"] == phase and 0.0 <= row["delong_p"] <= 1.0
         assert 0.0 <= row["dice"] <= 1.0 and 0.0 <= row["dice_p"] <= 1.0
     assert "## 3. A phase missing at inference" in (out / "report.md").read_text()
+    # one network behind every row (the phase is withheld at inference): timed once, one figure
+    assert rows[0]["step_timed_s"] > 0 and {r["step_timed_s"] for r in rows} == {
+        rows[0]["step_timed_s"]
+    }
+    assert "Step s (timed)" in (out / "report.md").read_text()

@@ -118,6 +118,9 @@ _IN_CHANNELS = typer.Option(3, help="3 CT windows or 1 raw channel.")
 _WORKERS = typer.Option(1, min=1, help="Preprocessing worker processes.")
 _CACHE = typer.Option(None, help="Cache folder (default RUN/cache).")
 _NO_REGISTER = typer.Option(False, "--no-register", help="Skip inter-phase registration.")
+_TIME_STEPS = typer.Option(
+    True, help="Time each run's network side by side for the 'Step s (timed)' column."
+)
 _OPTION = typer.Option(
     [], "--option", "-o", help="Model option key=value (repeatable), e.g. miff=false."
 )
@@ -371,6 +374,7 @@ def ablate(
     ),
     seed: int = typer.Option(0),
     workers: int = _WORKERS,
+    time_steps: bool = _TIME_STEPS,
 ) -> None:
     """A paper's experiments (networks, components, λ, channels, phases; or STD-Net's) in one command.
 
@@ -390,6 +394,7 @@ def ablate(
         workers=workers,
         log=typer.echo,
         suite=suite,
+        time_steps=time_steps,
     )
     typer.echo(f"report: {result['report']} ({result['seconds']:.0f} s)")
 
@@ -415,21 +420,24 @@ def compare(
         help="Add the first run re-predicted on its own folds with each phase withheld in turn "
         "(models with a phase mask, e.g. std_net).",
     ),
+    time_steps: bool = _TIME_STEPS,
 ) -> None:
     """Compare cv runs: AUC, accuracy, F1 with patient-bootstrap CIs and DeLong p against the first run."""
-    from liverphase.evaluate.compare import compare_runs, label_runs, write_comparison
+    from liverphase.evaluate.compare import compare_runs, label_runs, step_note, write_comparison
     from liverphase.evaluate.missing_phase import with_missing_phase_runs
 
     labels = label_runs(runs)
     reference = next(iter(labels))
     if missing_phases:
         labels = with_missing_phase_runs(labels, reference, data, out, cache)
-    rows = compare_runs(labels, data, reference, kinetics=kinetics, cache_root=cache)
+    rows = compare_runs(
+        labels, data, reference, kinetics=kinetics, cache_root=cache, time_steps=time_steps
+    )
     path = write_comparison(
         rows,
         out,
         f"Comparison against {reference}",
-        f"Dataset {data}; same patient-level folds for every row.",
+        f"Dataset {data}; same patient-level folds for every row. {step_note(rows)}",
     )
     typer.echo(path.read_text())
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import liverphase
-from liverphase.bench.models import timed
+from liverphase.train.profile import timed
 
 DEFAULT_SIZE = 2048
 QUICK_SIZE = 1024

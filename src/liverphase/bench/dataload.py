@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from liverphase.bench.models import spread
 from liverphase.data.augment import Augmenter
 from liverphase.data.dataset import CachedStudyDataset
 from liverphase.evaluate.cv import cached_items
@@ -29,6 +28,7 @@ from liverphase.phases import CT_PHASES
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.train.config import profile_config
 from liverphase.train.losses import multitask_loss
+from liverphase.train.profile import spread
 from liverphase.train.recipe import build_optimizer
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from liverphase.bench.models import QUICK_INPUT, spread
+from liverphase.bench.models import QUICK_INPUT
 from liverphase.inference.predictor import Predictor
 from liverphase.inference.run import read_dicom
 from liverphase.io.nifti import open_dataset
@@ -31,6 +31,7 @@ from liverphase.preprocess.config import PreprocessConfig
 from liverphase.synth.ct import synth_ct_cohort
 from liverphase.train.bundle import read_bundle_meta, save_bundle
 from liverphase.train.config import PROFILE_INPUT, profile_config
+from liverphase.train.profile import spread
 
 REALISTIC_GRID: dict[str, tuple] = {"grid_size": (512, 512, 80), "grid_spacing_mm": (0.7, 0.7, 2.5)}
 """Synth overrides forcing every phase onto a routine liver CT grid (x, y, z)."""

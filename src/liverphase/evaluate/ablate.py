@@ -30,7 +30,13 @@ from typing import Any
 
 from liverphase.atomic import atomic_write_json, atomic_write_text
 from liverphase.errors import ConfigError
-from liverphase.evaluate.compare import KINETICS, compare_runs, oof_probs, table_columns
+from liverphase.evaluate.compare import (
+    KINETICS,
+    compare_runs,
+    oof_probs,
+    step_note,
+    table_columns,
+)
 from liverphase.evaluate.cv import make_experiment, run_cv, run_record
 from liverphase.evaluate.missing_phase import missing_phase_run
 from liverphase.evaluate.report import markdown_table
@@ -282,6 +288,7 @@ def run_ablate(
     n_boot: int = 1000,
     log: Callable[[str], None] = print,
     suite: str = "paper",
+    time_steps: bool = True,
 ) -> dict[str, Any]:
     """Run every variant of the chosen tables once (same folds, same seed) and write RUN/report.md."""
     start = time.perf_counter()
@@ -329,6 +336,7 @@ def run_ablate(
             progress=False,
         )
     sections, results = [], {}
+    timings: dict[str, float] = {}  # each network timed once, however many tables hold it
     n_cases = len(oof_probs(runs[full_key])[0])
     for title, variants in chosen.items():
         reference = next(k for k, v in variants.items() if _key(v) == full_key)
@@ -347,6 +355,8 @@ def run_ablate(
             cache_root=out / "cache",
             n_boot=n_boot,
             seed=seed,
+            time_steps=time_steps,
+            timings=timings,
         )
         sections.append(
             f"## {title}\n\nReference for DeLong: {reference}.\n\n"
@@ -368,7 +378,9 @@ def run_ablate(
             if suite == "std_net"
             else ""
         )
-        + ".\n"
+        + ". "
+        + step_note([r for rows in results.values() for r in rows])
+        + "\n"
     )
     seconds = round(time.perf_counter() - start, 1)
     atomic_write_text(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from liverphase.atomic import atomic_write_json, atomic_write_text
 from liverphase.data.splits import splits_from_json
@@ -22,9 +23,24 @@ from liverphase.io.nifti import NnUNetDataset, open_dataset
 from liverphase.models.blocks import count_parameters
 from liverphase.models.registry import create_model
 from liverphase.preprocess.config import PreprocessConfig
+from liverphase.train.profile import profile_one
 
 KINETICS = "kinetics (logistic regression)"
-COLUMNS = [*COMPARISON_COLUMNS, ("params", "Params", ","), ("step_s", "Step s", ".2f")]
+COLUMNS = [
+    *COMPARISON_COLUMNS,
+    ("params", "Params", ","),
+    ("step_timed_s", "Step s (timed)", ".2f"),
+    ("step_s", "Step s (logs)", ".2f"),
+]
+TIMED_NOTE = (
+    "Step s (timed): median seconds of one training step (forward, the trainer's loss, backward; "
+    "no optimizer, no data loading) of each row's network at its run's input and batch size, "
+    "timed one after another in this sitting ({threads} threads), so the rows compare networks. "
+)
+LOGS_NOTE = (
+    "Step s (logs): the run's own epochs (data loading and optimizer included), from the day it "
+    "trained."
+)
 SEGMENTATION_COLUMNS = [
     ("dice", "Dice (95% CI)", "ci"),
     ("dice_p", "Dice p", "p"),
@@ -42,11 +58,19 @@ STUDY_GRID_COLUMNS = [
 
 def table_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, Any]]:
     """COLUMNS, with the segmentation columns inserted when any row has a Dice (and the study-grid
-    ones when any row has a study-grid Dice)."""
+    ones when any row has a study-grid Dice); the timed step only when some row was timed."""
     seg = [*SEGMENTATION_COLUMNS] if any(r.get("dice") is not None for r in rows) else []
     if any(r.get("study_dice") is not None for r in rows):
         seg += STUDY_GRID_COLUMNS
-    return [*COMPARISON_COLUMNS, *seg, *COLUMNS[len(COMPARISON_COLUMNS) :]]
+    timed = any(r.get("step_timed_s") is not None for r in rows)
+    rest = [c for c in COLUMNS[len(COMPARISON_COLUMNS) :] if timed or c[0] != "step_timed_s"]
+    return [*COMPARISON_COLUMNS, *seg, *rest]
+
+
+def step_note(rows: Sequence[dict[str, Any]]) -> str:
+    """What the table's step-time columns are."""
+    timed = any(r.get("step_timed_s") is not None for r in rows)
+    return (TIMED_NOTE.format(threads=torch.get_num_threads()) if timed else "") + LOGS_NOTE
 
 
 def oof_probs(run: Path) -> tuple[list[str], np.ndarray]:
@@ -72,6 +96,42 @@ def step_seconds(run: Path) -> float | None:
     info = run_info(run)
     batch = info.get("training", {}).get("batch_size", 1)
     return float(np.median(values) * batch) if values else None
+
+
+def step_arguments(run: Path, ds: NnUNetDataset) -> dict[str, Any] | None:
+    """`profile_one`'s arguments for a RUN's network (rebuilt from its run.json) at the run's
+    input and batch size; None for a folder without run.json."""
+    info = run_info(run)
+    if not info:
+        return None
+    pre = info.get("preprocessing", {})
+    options = dict(info.get("model_options", {}))
+    channels = options.pop("in_channels", None) or pre["channels"]
+    phases = list(pre.get("phases") or ds.phases)
+    return {
+        "name": info["model"],
+        "shape": [len(phases), channels, *pre["size"]],
+        "batch": info.get("training", {}).get("batch_size", 2),
+        "options": options,
+        "phases": phases,
+        "num_classes": len(ds.class_names),
+    }
+
+
+def timed_step_seconds(
+    run: Path, ds: NnUNetDataset, timings: dict[str, float] | None = None, repeats: int = 3
+) -> float | None:
+    """Median seconds of one training step of a RUN's network, timed now in this process;
+    `timings` keeps them by network and input, so the same network is timed once per sitting."""
+    args = step_arguments(run, ds)
+    if args is None:
+        return None
+    timings = {} if timings is None else timings
+    key = json.dumps(args, sort_keys=True)
+    if key not in timings:
+        row = profile_one(**{**args, "shape": tuple(args["shape"])}, repeats=repeats)
+        timings[key] = row["train_s"]
+    return timings[key]
 
 
 def run_info(run: Path) -> dict[str, Any]:
@@ -157,8 +217,13 @@ def compare_runs(
     cache_root: Path | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    time_steps: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows (metrics with CIs, DeLong p vs `reference`, params, step time) for runs on the same folds."""
+    """Rows (metrics with CIs, DeLong p vs `reference`, params, step times) for runs on the same
+    folds. With `time_steps` each run's network is timed here (TIMED_NOTE); `timings` keeps those
+    seconds across calls (timed_step_seconds)."""
+    timings = {} if timings is None else timings
     ds = open_dataset(dataset)
     ref_run = runs[reference]
     case_ids, _ = oof_probs(ref_run)
@@ -179,13 +244,14 @@ def compare_runs(
         extra[label] = {
             "params": run_parameters(run, ds),
             "step_s": step_seconds(run),
+            "step_timed_s": timed_step_seconds(run, ds, timings) if time_steps else None,
             "run": str(run),
         }
     items = run_items(ref_run, ds, cache_root or default_cache(ref_run))
     if kinetics:
         probs = kinetics_baseline_cv(items, splits_from_json(ref_splits), ds.class_names, seed)
         models[KINETICS] = np.stack([probs[c] for c in case_ids])
-        extra[KINETICS] = {"params": None, "step_s": None, "run": None}
+        extra[KINETICS] = {"params": None, "step_s": None, "step_timed_s": None, "run": None}
     y = np.array([ds.class_names.index(items[c]["label"]) for c in case_ids])
     groups = [items[c]["patient_id"] for c in case_ids]
     rows = comparison_table(models, y, groups, reference, ds.class_names, n_boot=n_boot, seed=seed)
