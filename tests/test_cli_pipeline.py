@@ -238,6 +238,10 @@ def test_compare_runs_on_same_folds_with_delong_and_kinetics(
         and by_model["resnet2d_avg"]["step_timed_s"] > 0
     )
     assert by_model["kinetics (logistic regression)"]["step_timed_s"] is None
+    epochs = [r for f in other.glob("fold_*/log.csv") for r in csv.DictReader(open(f, newline=""))]
+    assert len(epochs) == 2 and by_model["early_fusion"]["train_s"] == pytest.approx(
+        sum(float(r["seconds"]) for r in epochs)
+    )
     assert "Step s (timed)" in out and "Step s (logs)" in out
     assert len(by_model["kinetics (logistic regression)"]["auc_ci"]) == 2
     assert "DeLong p" in out
@@ -578,3 +582,10 @@ def test_ablate_std_net_missing_phase_table_end_to_end(cohort: Path, tmp_path: P
         rows[0]["step_timed_s"]
     }
     assert "Step s (timed)" in (out / "report.md").read_text()
+    # the wall time of training, every sitting: the one trained run's epochs, summed once
+    logs = (out / "runs" / "00_std_net").glob("fold_*/log.csv")
+    epoch_s = [float(r["seconds"]) for f in logs for r in csv.DictReader(open(f, newline=""))]
+    assert len(epoch_s) == 2 and rows[0]["train_s"] == pytest.approx(sum(epoch_s))
+    summary = json.loads((out / "ablation.json").read_text())
+    assert summary["train_seconds"] == pytest.approx(sum(epoch_s), abs=0.1)
+    assert all(r["train_s"] is None for r in rows[1:])  # withheld phases train nothing

@@ -383,8 +383,15 @@ def run_ablate(
         + "\n"
     )
     seconds = round(time.perf_counter() - start, 1)
-    atomic_write_text(
-        out / "report.md", header + "\n" + "\n\n".join(sections) + f"\n\nWall time: {seconds} s.\n"
+    # each trained network once, however many tables show it; every sitting that trained it
+    spent = {r["run"]: r["train_s"] for t in results.values() for r in t if r.get("train_s")}
+    train_s = round(sum(spent.values()), 1)
+    footer = (
+        f"Wall time of this sitting: {seconds} s. Training passes of the {len(spent)} runs "
+        f"behind these tables, over every sitting: {train_s:.0f} s (Train s column).\n"
     )
-    atomic_write_json(out / "ablation.json", {"tables": results, "seconds": seconds})
+    atomic_write_text(out / "report.md", header + "\n" + "\n\n".join(sections) + "\n\n" + footer)
+    atomic_write_json(
+        out / "ablation.json", {"tables": results, "seconds": seconds, "train_seconds": train_s}
+    )
     return {"tables": results, "seconds": seconds, "report": str(out / "report.md")}

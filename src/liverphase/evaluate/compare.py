@@ -31,6 +31,7 @@ COLUMNS = [
     ("params", "Params", ","),
     ("step_timed_s", "Step s (timed)", ".2f"),
     ("step_s", "Step s (logs)", ".2f"),
+    ("train_s", "Train s (logs)", ".0f"),
 ]
 TIMED_NOTE = (
     "Step s (timed): median seconds of one training step (forward, the trainer's loss, backward; "
@@ -39,7 +40,8 @@ TIMED_NOTE = (
 )
 LOGS_NOTE = (
     "Step s (logs): the run's own epochs (data loading and optimizer included), from the day it "
-    "trained."
+    "trained. Train s (logs): its training passes summed over folds and epochs, every sitting of "
+    "a resumed run included (validation, preprocessing and prediction not)."
 )
 SEGMENTATION_COLUMNS = [
     ("dice", "Dice (95% CI)", "ci"),
@@ -84,18 +86,32 @@ def oof_probs(run: Path) -> tuple[list[str], np.ndarray]:
     return [r["case_id"] for r in rows], np.array([[float(r[c]) for c in cols] for r in rows])
 
 
+def _log_rows(run: Path) -> list[dict[str, str]]:
+    """Every epoch row of the folds' log.csv files (epochs of every sitting of a resumed run)."""
+    rows: list[dict[str, str]] = []
+    for log in sorted(Path(run).glob("fold_*/log.csv")):
+        with open(log, newline="") as fh:
+            rows += list(csv.DictReader(fh))
+    return rows
+
+
 def step_seconds(run: Path) -> float | None:
     """Median seconds per training step over the folds' epochs (log.csv samples/s and batch size)."""
     values = []
-    for log in Path(run).glob("fold_*/log.csv"):
-        with open(log, newline="") as fh:
-            for r in csv.DictReader(fh):
-                sps = float(r.get("samples_per_s") or "nan")
-                if np.isfinite(sps) and sps > 0:
-                    values.append(1.0 / sps)
+    for r in _log_rows(run):
+        sps = float(r.get("samples_per_s") or "nan")
+        if np.isfinite(sps) and sps > 0:
+            values.append(1.0 / sps)
     info = run_info(run)
     batch = info.get("training", {}).get("batch_size", 1)
     return float(np.median(values) * batch) if values else None
+
+
+def training_seconds(run: Path) -> float | None:
+    """Seconds the run's training passes took, summed over folds and epochs (log.csv `seconds`),
+    over every sitting of a resumed run: validation, preprocessing and prediction not included."""
+    values = [float(r["seconds"]) for r in _log_rows(run) if r.get("seconds")]
+    return float(sum(values)) if values else None
 
 
 def step_arguments(run: Path, ds: NnUNetDataset) -> dict[str, Any] | None:
@@ -244,6 +260,7 @@ def compare_runs(
         extra[label] = {
             "params": run_parameters(run, ds),
             "step_s": step_seconds(run),
+            "train_s": training_seconds(run),
             "step_timed_s": timed_step_seconds(run, ds, timings) if time_steps else None,
             "run": str(run),
         }
@@ -251,7 +268,7 @@ def compare_runs(
     if kinetics:
         probs = kinetics_baseline_cv(items, splits_from_json(ref_splits), ds.class_names, seed)
         models[KINETICS] = np.stack([probs[c] for c in case_ids])
-        extra[KINETICS] = {"params": None, "step_s": None, "step_timed_s": None, "run": None}
+        extra[KINETICS] = dict.fromkeys(("params", "step_s", "train_s", "step_timed_s", "run"))
     y = np.array([ds.class_names.index(items[c]["label"]) for c in case_ids])
     groups = [items[c]["patient_id"] for c in case_ids]
     rows = comparison_table(models, y, groups, reference, ds.class_names, n_boot=n_boot, seed=seed)
