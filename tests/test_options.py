@@ -10,6 +10,7 @@ import pytest
 from liverphase.errors import ConfigError
 from liverphase.evaluate.compare import label_runs
 from liverphase.inference.run import parse_bbox
+from liverphase.preprocess.config import PreprocessConfig
 from liverphase.train.options import experiment_kwargs, parse_model_options
 
 
@@ -104,6 +105,15 @@ def test_runs_name_the_preprocessing_settings_they_change(tmp_path: Path) -> Non
     assert list(label_runs([tmp_path / "liver", runs[0]])) == [
         "std_net",
         "std_net (register=true, intensity_reference=absolute)",
+    ]
+    # a finer crop grid, given in a config's preprocess section, is named too
+    (tmp_path / "fine").mkdir()
+    info = {"model": "std_net", "model_options": {}, "preprocessing": {"size": [32, 48, 48]}}
+    (tmp_path / "fine" / "run.json").write_text(json.dumps(info))
+    default_grid = "x".join(str(n) for n in PreprocessConfig().size)
+    assert list(label_runs([tmp_path / "fine", runs[0]])) == [
+        "std_net",
+        f"std_net (size={default_grid})",
     ]
 
 

@@ -157,8 +157,8 @@ def run_info(run: Path) -> dict[str, Any]:
 
 
 # Preprocessing settings a study varies between runs of one model; a run whose value differs from
-# the first run's shows it in its label (margins and grids follow the model family, so they do not).
-LABEL_SETTINGS = ("phases", "register", "intensity_reference", "channels")
+# the first run's shows it in its label (margins follow the model family, so they do not).
+LABEL_SETTINGS = ("phases", "register", "intensity_reference", "channels", "size")
 
 
 def run_label(run: Path, settings: dict[str, Any] | None = None) -> str:
@@ -176,12 +176,13 @@ def run_label(run: Path, settings: dict[str, Any] | None = None) -> str:
 
 
 def run_settings(run: Path) -> dict[str, Any]:
-    """A run's LABEL_SETTINGS as text-ready values (phases joined by +, "all" when not chosen);
-    settings its run.json predates read as their defaults."""
+    """A run's LABEL_SETTINGS as text-ready values (phases joined by +, "all" when not chosen; the
+    crop grid as 32x48x48); settings its run.json predates read as their defaults."""
     recorded = run_info(run).get("preprocessing", {})
     defaults = PreprocessConfig()
     out = {k: recorded.get(k, getattr(defaults, k)) for k in LABEL_SETTINGS}
     out["phases"] = "+".join(out["phases"] or ["all"])
+    out["size"] = "x".join(str(n) for n in out["size"])
     return out
 
 
