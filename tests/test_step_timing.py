@@ -12,8 +12,8 @@ from torch.nn import functional as F
 
 from liverphase.evaluate import compare
 from liverphase.models.registry import create_model
-from liverphase.train.losses import joint_seg_cls_loss
-from liverphase.train.profile import _central_mask, training_loss
+from liverphase.train.losses import joint_seg_cls_loss, training_loss
+from liverphase.train.profile import _central_mask
 
 DS = SimpleNamespace(phases=["NC", "ART", "PV", "DL"], class_names=["HCC", "ICC"])
 

@@ -95,23 +95,17 @@ def _log_rows(run: Path) -> list[dict[str, str]]:
     return rows
 
 
-def step_seconds(run: Path) -> float | None:
-    """Median seconds per training step over the folds' epochs (log.csv samples/s and batch size)."""
-    values = []
-    for r in _log_rows(run):
-        sps = float(r.get("samples_per_s") or "nan")
-        if np.isfinite(sps) and sps > 0:
-            values.append(1.0 / sps)
-    info = run_info(run)
-    batch = info.get("training", {}).get("batch_size", 1)
-    return float(np.median(values) * batch) if values else None
-
-
-def training_seconds(run: Path) -> float | None:
-    """Seconds the run's training passes took, summed over folds and epochs (log.csv `seconds`),
-    over every sitting of a resumed run: validation, preprocessing and prediction not included."""
-    values = [float(r["seconds"]) for r in _log_rows(run) if r.get("seconds")]
-    return float(sum(values)) if values else None
+def log_seconds(run: Path) -> tuple[float | None, float | None]:
+    """From the folds' log.csv epochs (every sitting of a resumed run): the median seconds per
+    training step (samples/s and batch size), and the training passes' seconds summed over folds
+    and epochs (validation, preprocessing and prediction not included)."""
+    rows = _log_rows(run)
+    rates = [float(r.get("samples_per_s") or "nan") for r in rows]
+    per_sample = [1.0 / v for v in rates if np.isfinite(v) and v > 0]
+    batch = run_info(run).get("training", {}).get("batch_size", 1)
+    step = float(np.median(per_sample) * batch) if per_sample else None
+    seconds = [float(r["seconds"]) for r in rows if r.get("seconds")]
+    return step, (float(sum(seconds)) if seconds else None)
 
 
 def step_arguments(run: Path, ds: NnUNetDataset) -> dict[str, Any] | None:
@@ -202,12 +196,15 @@ def label_runs(runs: Sequence[Path]) -> dict[str, Path]:
 
 def run_parameters(run: Path, ds: NnUNetDataset) -> int | None:
     """Trainable parameters of the model a RUN trained (rebuilt from its run.json)."""
-    info = run_info(run)
-    if not info:
+    args = step_arguments(run, ds)
+    if args is None:
         return None
-    phases = info.get("preprocessing", {}).get("phases") or ds.phases
     net = create_model(
-        info["model"], len(ds.class_names), list(phases), **info.get("model_options", {})
+        args["name"],
+        args["num_classes"],
+        args["phases"],
+        in_channels=args["shape"][1],
+        **args["options"],
     )
     return count_parameters(net)
 
@@ -260,8 +257,7 @@ def compare_runs(
         models[label] = probs[[order[c] for c in case_ids]]
         extra[label] = {
             "params": run_parameters(run, ds),
-            "step_s": step_seconds(run),
-            "train_s": training_seconds(run),
+            **dict(zip(("step_s", "train_s"), log_seconds(run), strict=True)),
             "step_timed_s": timed_step_seconds(run, ds, timings) if time_steps else None,
             "run": str(run),
         }

@@ -58,3 +58,18 @@ def joint_seg_cls_loss(
     dice_ce = DiceCELoss(to_onehot_y=multiclass, softmax=multiclass, sigmoid=not multiclass)
     seg_loss = dice_ce(seg, mask.to(seg.dtype))
     return seg_weight * seg_loss + cls_weight * F.cross_entropy(output.logits, target.long())
+
+
+def training_loss(
+    output: ModelOutput,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    seg_weight: float = 1.0,
+    cls_weight: float = 1.0,
+    mtl_lambda: float | None = None,
+    class_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The trainer's loss: the joint loss when the model segments and a mask is given, else Eq. 2."""
+    if output.seg_logits is not None and mask is not None:
+        return joint_seg_cls_loss(output, target, mask, seg_weight, cls_weight)
+    return multitask_loss(output, target, mtl_lambda, class_weights=class_weights)

@@ -36,17 +36,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from liverphase.models.blocks import count_parameters
-from liverphase.models.registry import ModelOutput, create_model
+from liverphase.models.registry import create_model
 from liverphase.phases import CT_PHASES
-from liverphase.train.losses import joint_seg_cls_loss, multitask_loss
-
-
-def training_loss(output: ModelOutput, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The trainer's loss at default weights: joint Dice + CE and CE when the model segments, else
-    the cross-entropy of the logits the model has already mixed (Eq. 2)."""
-    if output.seg_logits is not None:
-        return joint_seg_cls_loss(output, target, mask)
-    return multitask_loss(output, target)
+from liverphase.train.losses import training_loss
 
 
 def _central_mask(batch: int, spatial: Sequence[int]) -> torch.Tensor:

@@ -31,7 +31,7 @@ from liverphase.train.bundle import save_bundle, state_tensors
 from liverphase.train.config import TrainConfig
 from liverphase.train.distributed import barrier, gather_objects, is_main, rank_world
 from liverphase.train.logs import open_tensorboard, write_log_csv, write_scalars
-from liverphase.train.losses import joint_seg_cls_loss, multitask_loss
+from liverphase.train.losses import training_loss
 from liverphase.train.recipe import (
     build_optimizer,
     build_scheduler,
@@ -271,13 +271,17 @@ class Trainer:
         )
 
     def _loss(self, out: ModelOutput, batch: dict[str, Any]) -> torch.Tensor:
-        target = batch["label"].to(self.device)
-        if self.segments:
-            mask = batch["mask"].to(self.device)
-            return joint_seg_cls_loss(
-                out, target, mask, self.config.seg_weight, self.config.cls_weight
-            )
-        return multitask_loss(out, target, self.config.mtl_lambda, class_weights=self.class_weights)
+        mask = batch["mask"].to(self.device) if self.segments else None
+        cfg = self.config
+        return training_loss(
+            out,
+            batch["label"].to(self.device),
+            mask,
+            cfg.seg_weight,
+            cfg.cls_weight,
+            cfg.mtl_lambda,
+            self.class_weights,
+        )
 
     # ----------------------------------------------------------- evaluation
     def _evaluate(
