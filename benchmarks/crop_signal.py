@@ -13,8 +13,10 @@ out-of-fold AUC says whether the signal is in the input and whether it needs the
 `--predicted` (a RUN of a segmenting model) also reads the `head` features through each fold's own
 predicted lesion probability (fold_k/bundle, no test-time augmentation; fold k's model for fold k's
 training and test cases), the way the model's region-only head reads them: whether the class signal is
-lost in the read-out or in the mask. It prints the test-fold Dice of that mask (at 0.5), the AUC with
-the predicted mask, with one region (core, rim, around) read through the true mask instead, and with
+lost in the read-out or in the mask. It also reads the `regions` features through the predicted mask
+at 0.5 (the kinetics baseline's 2 mm rim and 3–10 mm ring instead of the head's one-voxel bands). It
+prints the test-fold Dice of that mask (at 0.5), the AUC with the predicted mask, with one region
+(core, rim, around) read through the true mask instead, and with
 `--pool-module NAME` the lesion-weighted mean of the input of that submodule (`seg_out`: std_net's last
 decoder features) alone and beside the `head` features: whether the segmentation's own features carry
 class signal.
@@ -70,6 +72,12 @@ def crop_features(
         "regions": np.concatenate([means.ravel(), contrasts.ravel()]),
         "head": head.numpy(),
     }
+
+
+def binary_mask(prob: np.ndarray) -> np.ndarray:
+    """The predicted lesion at 0.5, or its most likely half when nothing reaches 0.5."""
+    mask = prob > 0.5
+    return mask if mask.any() else prob >= 0.5 * prob.max()
 
 
 def linear_head_probs(
@@ -161,6 +169,12 @@ def print_predicted(
             dice.append(segmentation_metrics(readings[c]["prob"] > 0.5, mask, spacing)["dice"])
         pred_head = {c: head(c, r["prob"]) for c, r in readings.items()}
         sets.setdefault("head, predicted mask", []).append(pred_head)
+        sets.setdefault("regions, predicted mask", []).append(
+            {
+                c: crop_features(crops[c][0], binary_mask(r["prob"]), crops[c][2])["regions"]
+                for c, r in readings.items()
+            }
+        )
         for i, region in enumerate(REGIONS):
             mixed = {}
             for c, v in pred_head.items():
