@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 from torch.nn import functional as F
 
@@ -55,6 +56,20 @@ from liverphase.train.bundle import load_bundle
 REGIONS = ("core", "rim", "around")
 
 
+def radial_bands(mask: np.ndarray, spacing_mm: Sequence[float]) -> dict[str, np.ndarray]:
+    """The lesion cut by normalised depth (0 at its deepest point, 1 at its edge) into a centre
+    (< 0.45: the generator's central region), a middle and an outer band (> 0.75)."""
+    lesion = mask > 0
+    inside = ndimage.distance_transform_edt(lesion, sampling=np.asarray(spacing_mm, float))
+    depth = 1.0 - inside / max(float(inside.max()), 1e-6)
+    bands = {
+        "centre": lesion & (depth < 0.45),
+        "middle": lesion & (depth >= 0.45) & (depth <= 0.75),
+        "outer": lesion & (depth > 0.75),
+    }
+    return {k: (v if v.any() else lesion) for k, v in bands.items()}
+
+
 def crop_features(
     image: np.ndarray, mask: np.ndarray, spacing_mm: Sequence[float]
 ) -> dict[str, np.ndarray]:
@@ -65,12 +80,18 @@ def crop_features(
         [wide[:, regions[r]].mean(axis=1) for r in ("core", "rim", "surround")]
     )  # (3, P)
     contrasts = means[:2] - means[2:3]
+    bands = radial_bands(mask, spacing_mm)
+    radial = np.stack([wide[:, b].mean(axis=1) for b in bands.values()]) - means[2:3]  # (3, P)
     prob = torch.from_numpy((mask > 0).astype(np.float32))[None, None]
-    head = region_enhancement(torch.from_numpy(image.astype(np.float32))[None], prob)[0]
+    x = torch.from_numpy(image.astype(np.float32))[None]
+    head = region_enhancement(x, prob)[0]
+    head_radial = region_enhancement(x, prob, reading="radial")[0]
     return {
         "global": image.mean(axis=(2, 3, 4)).ravel(),
         "regions": np.concatenate([means.ravel(), contrasts.ravel()]),
         "head": head.numpy(),
+        "radial": np.concatenate([radial.ravel(), contrasts.ravel()]),
+        "head radial": head_radial.numpy(),
     }
 
 
@@ -157,8 +178,9 @@ def print_predicted(
     """The `--predicted` lines: the head features through each fold's predicted mask."""
     images = {c: torch.from_numpy(crop[0].astype(np.float32))[None] for c, crop in crops.items()}
 
-    def head(case: str, prob: np.ndarray) -> np.ndarray:
-        return region_enhancement(images[case], torch.from_numpy(prob)[None, None])[0].numpy()
+    def head(case: str, prob: np.ndarray, reading: str = "shells") -> np.ndarray:
+        p = torch.from_numpy(prob)[None, None]
+        return region_enhancement(images[case], p, reading=reading)[0].numpy()
 
     sets: dict[str, list[dict[str, np.ndarray]]] = {}
     dice = []
@@ -169,12 +191,17 @@ def print_predicted(
             dice.append(segmentation_metrics(readings[c]["prob"] > 0.5, mask, spacing)["dice"])
         pred_head = {c: head(c, r["prob"]) for c, r in readings.items()}
         sets.setdefault("head, predicted mask", []).append(pred_head)
-        sets.setdefault("regions, predicted mask", []).append(
-            {
-                c: crop_features(crops[c][0], binary_mask(r["prob"]), crops[c][2])["regions"]
-                for c, r in readings.items()
-            }
+        sets.setdefault("head radial, predicted mask", []).append(
+            {c: head(c, r["prob"], "radial") for c, r in readings.items()}
         )
+        through = {
+            c: crop_features(crops[c][0], binary_mask(r["prob"]), crops[c][2])
+            for c, r in readings.items()
+        }
+        for name in ("regions", "radial"):
+            sets.setdefault(f"{name}, predicted mask", []).append(
+                {c: f[name] for c, f in through.items()}
+            )
         for i, region in enumerate(REGIONS):
             mixed = {}
             for c, v in pred_head.items():
@@ -219,7 +246,7 @@ def main() -> None:
     feats = {c: crop_features(*crop) for c, crop in crops.items()}
     labels = {c: it["label"] for c, it in items.items()}
     positive = ds.class_names[-1]
-    for name in ("global", "regions", "head"):
+    for name in ("global", "regions", "head", "radial", "head radial"):
         x = {c: f[name] for c, f in feats.items()}
         auc = pooled_auc([x] * len(folds), labels, folds, ds.class_names)
         print(f"{name}: {len(x[next(iter(x))])} features, {len(x)} cases, pooled AUC {auc:.3f}")

@@ -41,26 +41,84 @@ def mix_logits(fused: torch.Tensor, phase_logits: torch.Tensor, mtl_lambda: floa
     return (1.0 - mtl_lambda) * fused + mtl_lambda * phase_logits.mean(dim=1)
 
 
-def region_enhancement(
-    x: torch.Tensor, prob: torch.Tensor, phase_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean input intensity of lesion core, lesion rim and the parenchyma around it, per phase and
-    channel, read through a (soft) lesion probability: (B, P, C, D, H, W), (B, 1, D, H, W) → (B, 3·P·C).
+REGION_READINGS = ("shells", "radial")
+# The radial reading's bands in the lesion's normalised radius (0 at its centroid, 1 on its surface):
+# a centre (< 0.45), a middle and an outer band (> 0.75).
+RADIAL_BANDS = (0.45, 0.75)
 
-    What a radiologist reads off ROIs: core = soft erosion of the probability (3³ min-pool), rim =
-    probability − core, around = 5³ max-pool (soft dilation) − probability. Returned relative to the
-    surrounding parenchyma of the same phase (core − around, rim − around), with the around level
-    itself relative to its mean over phases, all × REGION_SCALE; absent phases give zeros.
+
+def region_count(reading: str) -> int:
+    """Numbers per phase and channel that `region_enhancement` returns for a reading."""
+    if reading not in REGION_READINGS:
+        raise ValueError(f"region_reading must be one of {REGION_READINGS}, got {reading!r}")
+    return 3 if reading == "shells" else 4
+
+
+def lesion_radius(prob: torch.Tensor) -> torch.Tensor:
+    """Normalised radius of every voxel in the lesion's own ellipsoid: (B, 1, D, H, W) → same shape.
+
+    The ellipsoid is the one with the lesion's centroid and second moments (a solid ellipsoid of
+    semi-axes a_i has variance a_i²/5 along them), from the voxels above 0.5 (the whole probability
+    when none is). So the radius is 0 at the centroid and about 1 on the surface, whatever the
+    lesion's size, elongation or the crop's voxel shape, and a mask a little too large or too small
+    moves the bands with it instead of cutting them at a fixed distance from a wrong edge.
     """
-    core = -F.max_pool3d(-prob, 3, stride=1, padding=1)
-    regions = torch.cat(
-        [core, (prob - core).clamp_min(0), (F.max_pool3d(prob, 5, stride=1, padding=2) - prob)], 1
-    )  # (B, 3, D, H, W)
+    b, dims = prob.shape[0], prob.shape[2:]
+    axes = [torch.arange(n, device=prob.device, dtype=torch.float32) / n for n in dims]
+    pos = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)  # (N, 3)
+    p = prob.detach().float().flatten(1)
+    hard = (p > 0.5).float()
+    w = torch.where(hard.sum(1, keepdim=True) > 0, hard, p)
+    w = w / (w.sum(1, keepdim=True) + 1e-6)
+    d = pos[None] - (w @ pos)[:, None]  # (B, N, 3)
+    cov = torch.einsum("bn,bni,bnj->bij", w, d, d) * 5.0
+    cov = cov + 1e-6 * torch.eye(3, device=prob.device)
+    r2 = torch.einsum("bni,bij,bnj->bn", d, torch.linalg.inv(cov), d)
+    return r2.clamp_min(0).sqrt().view(b, 1, *dims).to(prob.dtype)
+
+
+def lesion_region_weights(prob: torch.Tensor, reading: str = "shells") -> torch.Tensor:
+    """Soft regions of a lesion probability (B, 1, D, H, W) → (B, R, D, H, W), the parenchyma
+    around the lesion last.
+
+    `shells`: core = soft erosion of the probability (3³ min-pool), rim = probability − core.
+    `radial`: the probability cut by `lesion_radius` into `RADIAL_BANDS` (centre, middle, outer):
+    the generator's and the radiologist's "central" region (delayed central enhancement, central
+    scar) that a fixed-width rim merges into the core. Around = 5³ max-pool (soft dilation) −
+    probability in both.
+    """
+    region_count(reading)
+    around = F.max_pool3d(prob, 5, stride=1, padding=2) - prob
+    if reading == "shells":
+        core = -F.max_pool3d(-prob, 3, stride=1, padding=1)
+        return torch.cat([core, (prob - core).clamp_min(0), around], 1)
+    r = lesion_radius(prob)
+    lo, hi = RADIAL_BANDS
+    bands = [r < lo, (r >= lo) & (r <= hi), r > hi]
+    return torch.cat([prob * band.to(prob.dtype) for band in bands] + [around], 1)
+
+
+def region_enhancement(
+    x: torch.Tensor,
+    prob: torch.Tensor,
+    phase_mask: torch.Tensor | None = None,
+    reading: str = "shells",
+) -> torch.Tensor:
+    """Mean input intensity of each lesion region and of the parenchyma around it, per phase and
+    channel, read through a (soft) lesion probability: (B, P, C, D, H, W), (B, 1, D, H, W) →
+    (B, R·P·C), R = `region_count(reading)`.
+
+    What a radiologist reads off ROIs (`lesion_region_weights`: core and rim, or radial bands).
+    Returned relative to the surrounding parenchyma of the same phase (region − around), with the
+    around level itself relative to its mean over phases, all × REGION_SCALE; absent phases give
+    zeros.
+    """
+    regions = lesion_region_weights(prob, reading)
     w = regions / (regions.sum(dim=(2, 3, 4), keepdim=True) + 1e-6)
-    means = torch.einsum("bpcdhw,brdhw->bprc", x, w)  # (B, P, 3, C)
-    around = means[:, :, 2:3]
+    means = torch.einsum("bpcdhw,brdhw->bprc", x, w)  # (B, P, R, C)
+    around = means[:, :, -1:]
     level = phase_mean(around, phase_mask).unsqueeze(1)
-    feats = torch.cat([means[:, :, :2] - around, around - level], dim=2) * REGION_SCALE
+    feats = torch.cat([means[:, :, :-1] - around, around - level], dim=2) * REGION_SCALE
     if phase_mask is not None:
         feats = feats * phase_mask.to(feats.dtype)[..., None, None]
     return feats.flatten(1)
@@ -86,6 +144,7 @@ class LesionPooledHead(nn.Module):
         dropout: float,
         region_inputs: int = 0,
         deep_features: bool = True,
+        region_reading: str = "shells",
     ):
         super().__init__()
         if not deep_features and not region_inputs:
@@ -94,9 +153,10 @@ class LesionPooledHead(nn.Module):
             )
         self.lesion_pool = lesion_pool
         self.region_inputs = region_inputs
+        self.region_reading = region_reading
         self.deep_features = deep_features
         deep = channels * (2 if lesion_pool else 1) if deep_features else 0
-        self.out_features = deep + 3 * region_inputs
+        self.out_features = deep + region_count(region_reading) * region_inputs
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.out_features, num_classes)
 
@@ -119,6 +179,7 @@ class LesionPooledHead(nn.Module):
         if self.region_inputs:
             if x is None:
                 raise ValueError("region_enhancement needs the model input x")
-            pooled.append(region_enhancement(x.float(), prob.float(), phase_mask).to(deep.dtype))
+            regions = region_enhancement(x.float(), prob.float(), phase_mask, self.region_reading)
+            pooled.append(regions.to(deep.dtype))
         features = torch.cat(pooled, dim=1)
         return features, self.fc(self.dropout(features))

@@ -30,6 +30,8 @@ Design choices where the paper is open (see also fusion.py and temporal.py):
   Eq. 2's. The learned kinetics prior trains at `head_lr_scale` × the network's rate
   (`head_prefix`), since a linear read-out of a few dozen features is underfitted at 3e-4
   (benchmarks/results/cv_std240). The paper's network is unchanged when it is off.
+  `region_reading="radial"` reads three bands of the lesion's normalised radius instead of core and
+  rim (`heads.lesion_region_weights`).
 - `checkpointing` and `slice_chunk` bound memory (see encoders.SliceEncoder); chunks split along slices
   and keep all phases of a slice together, which the fusion needs.
 """
@@ -44,7 +46,7 @@ from torch import nn
 
 from liverphase.models.encoders import ResNet2d, SliceEncoder
 from liverphase.models.fusion import InteractivePerception
-from liverphase.models.heads import PhaseHeads, mix_logits, region_enhancement
+from liverphase.models.heads import PhaseHeads, mix_logits, region_count, region_enhancement
 from liverphase.models.pretrained import load_pretrained
 from liverphase.models.registry import ModelOutput, MultiPhaseModel, register_model
 from liverphase.models.temporal import SpatioTemporalModule
@@ -75,6 +77,7 @@ class MiffSpm(MultiPhaseModel):
         spm_hidden: int = 256,
         spm_pool: str = "mean",
         region_kinetics: bool = False,
+        region_reading: str = "shells",
     ) -> None:
         super().__init__(num_classes, phases, in_channels)
         if not 0.0 <= mtl_lambda <= 1.0:
@@ -102,8 +105,10 @@ class MiffSpm(MultiPhaseModel):
         self.head = nn.Linear(width, num_classes)
         self.region_head: nn.Linear | None = None
         if region_kinetics:
-            self.region_head = nn.Linear(3 * len(self.phases) * (in_channels - 1), num_classes)
+            regions = region_count(region_reading) * len(self.phases) * (in_channels - 1)
+            self.region_head = nn.Linear(regions, num_classes)
             self.head_prefix, self.reads_roi = "region_head.", True
+        self.region_reading = region_reading
         if pretrained:
             load_pretrained(self, pretrained)
 
@@ -119,6 +124,6 @@ class MiffSpm(MultiPhaseModel):
         logits = mix_logits(self.head(features), phase_logits, self.mtl_lambda)
         if self.region_head is not None:
             roi = x[:, :, -1:].amax(dim=1).float()  # (B, 1, D, H, W): the same mask in every phase
-            regions = region_enhancement(x[:, :, :-1].float(), roi).to(logits.dtype)
-            logits = logits + self.region_head(regions)
+            regions = region_enhancement(x[:, :, :-1].float(), roi, reading=self.region_reading)
+            logits = logits + self.region_head(regions.to(logits.dtype))
         return ModelOutput(logits=logits, features=features, phase_logits=phase_logits)

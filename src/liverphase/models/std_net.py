@@ -46,6 +46,11 @@ Pipeline for x (B, P, C, D, H, W) with D, H, W divisible by 2^(scales − 1):
    that reading: the class becomes a linear read of lesion-vs-parenchyma enhancement per phase
    through the model's own mask, and the class loss then trains the head alone (the probability is
    detached), so segmentation and characterisation share the mask, not the gradients.
+   `region_reading="radial"` (ours) reads the lesion in three bands of its normalised radius (centre,
+   middle, outer; `heads.lesion_radius`) instead of core and a one-voxel rim: the central region that
+   separates a cholangiocarcinoma's delayed central enhancement from a homogeneous HCC, cut
+   relative to the predicted mask's own size so that its boundary errors shift the bands rather than
+   empty them (benchmarks/results/cv_std240_radial).
 
 Missing phases: `forward(x, phase_mask)` with a bool (B, P), True = present (None = all present; an
 all-True mask is the same as None). Absent phases are dropped from every fusion: they are masked keys
@@ -263,6 +268,7 @@ class StdNet(MultiPhaseModel):
         lesion_pool: bool = True,
         region_kinetics: bool = False,
         deep_features: bool = True,
+        region_reading: str = "shells",
         checkpointing: bool = False,
         **unused: Any,
     ) -> None:
@@ -299,7 +305,7 @@ class StdNet(MultiPhaseModel):
         self.seg_out = UnetOutBlock(3, widths[0], 2)
         regions = p * in_channels if region_kinetics else 0
         self.head = LesionPooledHead(
-            widths[-1], num_classes, lesion_pool, dropout, regions, deep_features
+            widths[-1], num_classes, lesion_pool, dropout, regions, deep_features, region_reading
         )
 
     def forward(self, x: torch.Tensor, phase_mask: torch.Tensor | None = None) -> ModelOutput:
@@ -354,6 +360,7 @@ class UNetChannels(MultiPhaseModel):
         dropout: float = 0.0,
         region_kinetics: bool = False,
         deep_features: bool = True,
+        region_reading: str = "shells",
         **unused: Any,
     ) -> None:
         reject_unknown_options("unet_channels", unused)
@@ -366,7 +373,7 @@ class UNetChannels(MultiPhaseModel):
         inner.submodule = _Tap(inner.submodule)
         regions = len(self.phases) * in_channels if region_kinetics else 0
         self.head = LesionPooledHead(
-            widths[-1], num_classes, lesion_pool, dropout, regions, deep_features
+            widths[-1], num_classes, lesion_pool, dropout, regions, deep_features, region_reading
         )
 
     def forward(self, x: torch.Tensor, phase_mask: torch.Tensor | None = None) -> ModelOutput:
