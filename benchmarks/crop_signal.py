@@ -1,12 +1,15 @@
 """How much of the label a cv RUN's cached crops carry in simple summaries (a probe, not a model).
 
-For every case of the RUN's preprocessing (read from its cache; built when missing), two feature sets:
+For every case of the RUN's preprocessing (read from its cache; built when missing), these feature sets:
 - `global`: the crop's mean per phase and channel (what global average pooling gives for free);
 - `regions`: the first channel's mean per phase over the lesion core, its 2 mm rim and the 3–10 mm
   ring outside it (`preprocess.kinetics.lesion_regions`, the kinetics baseline's regions, here on the
   crop's grid), plus core−ring and rim−ring;
 - `head`: the 36 numbers std_net's region-only class head reads (`models.heads.region_enhancement`),
-  here through the true mask instead of the predicted lesion probability.
+  here through the true mask instead of the predicted lesion probability;
+- `radial`: like `regions`, with the lesion cut by normalised depth (distance transform) into a centre
+  (< 0.45), a middle and an outer band (> 0.75) instead of core and rim;
+- `head radial`: the 48 numbers of the head's `region_reading=radial` through the true mask.
 Each goes through the kinetics baseline's logistic regression on the RUN's own folds; the pooled
 out-of-fold AUC says whether the signal is in the input and whether it needs the lesion's regions.
 
@@ -14,7 +17,8 @@ out-of-fold AUC says whether the signal is in the input and whether it needs the
 predicted lesion probability (fold_k/bundle, no test-time augmentation; fold k's model for fold k's
 training and test cases), the way the model's region-only head reads them: whether the class signal is
 lost in the read-out or in the mask. It also reads the `regions` features through the predicted mask
-at 0.5 (the kinetics baseline's 2 mm rim and 3–10 mm ring instead of the head's one-voxel bands). It
+at 0.5 (the kinetics baseline's 2 mm rim and 3–10 mm ring instead of the head's one-voxel bands), the
+`radial` ones likewise and the `head radial` ones through the soft probability. It
 prints the test-fold Dice of that mask (at 0.5), the AUC with the predicted mask, with one region
 (core, rim, around) read through the true mask instead, and with
 `--pool-module NAME` the lesion-weighted mean of the input of that submodule (`seg_out`: std_net's last
