@@ -4,8 +4,8 @@ The CT generator draws each study's lesion class, then its variant, kinetic para
 study's contrast; the image is a function of those draws plus anatomy, noise, blur and breathing that do
 not depend on the class. So no model reading the images can separate the classes better than the best
 classifier of the draws themselves. This script samples many lesions with the generator's own functions
-(`synth.kinetics`: `sample_contrast`, `sample_lesion_profile`, `lesion_region_hu`; diameters as
-`synth.ct.sample_patient` draws them) and reports the cross-validated AUC (HCC vs ICC, 5 stratified folds
+(`synth.ct.sample_lesion_draws` for the lesion's profile and diameter, `synth.kinetics.sample_contrast`
+and `lesion_region_hu`) and reports the cross-validated AUC (HCC vs ICC, 5 stratified folds
 over the samples) of two feature sets:
 - `regions`: each lesion sub-region's noise-free HU (centre, core, rim) minus the liver's in each of the
   four phases: the most a perfect reader of the lesion's region means could see;
@@ -30,14 +30,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from liverphase.synth.anatomy import LESION_LABELS, T
-from liverphase.synth.ct import CTSynthConfig
-from liverphase.synth.kinetics import (
-    CLASSES_2,
-    lesion_diameter_limit,
-    lesion_region_hu,
-    sample_contrast,
-    sample_lesion_profile,
-)
+from liverphase.synth.ct import CTSynthConfig, sample_lesion_draws
+from liverphase.synth.kinetics import CLASSES_2, lesion_region_hu, sample_contrast
 
 READ_REGIONS = (T.LESION_CENTER, T.LESION_CORE, T.LESION_RIM)
 SHAPE = ("lobulation", "rim_mm", "capsule_mm", "mosaic", "nodules", "ducts", "center_frac")
@@ -47,14 +41,7 @@ def sample_draws(
     rng: np.random.Generator, label: str, config: CTSynthConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """One lesion's `regions` and `all draws` feature vectors, drawn as the generator draws them."""
-    lo, hi = config.lesion_diameter_mm
-    diameter = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-    profile = sample_lesion_profile(
-        rng, label, config.difficulty, config.atypical_fraction, diameter
-    )
-    limit = lesion_diameter_limit(label, profile.variant)
-    if limit is not None and diameter > limit:
-        diameter = float(rng.uniform(lo, max(lo, min(limit, hi))))
+    profile, diameter = sample_lesion_draws(rng, config, label)
     contrast = sample_contrast(rng, config.difficulty)
     liver = contrast.liver_nc + contrast.bolus * contrast.enhancement(T.LIVER)
     hu = lesion_region_hu(profile, contrast)

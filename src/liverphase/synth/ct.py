@@ -165,9 +165,10 @@ class CTPatient:
         )
 
 
-def sample_patient(rng: np.random.Generator, config: CTSynthConfig, label: str) -> CTPatient:
-    """A random abdomen with one lesion of class `label`."""
-    anatomy = sample_anatomy(rng)
+def sample_lesion_draws(
+    rng: np.random.Generator, config: CTSynthConfig, label: str
+) -> tuple[LesionProfile, float]:
+    """A lesion's profile (variant, shape, kinetics) and diameter in mm (log-uniform, capped per variant)."""
     lo, hi = config.lesion_diameter_mm
     diameter = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
     profile = sample_lesion_profile(
@@ -176,6 +177,13 @@ def sample_patient(rng: np.random.Generator, config: CTSynthConfig, label: str) 
     limit = lesion_diameter_limit(label, profile.variant)
     if limit is not None and diameter > limit:
         diameter = float(rng.uniform(lo, max(lo, min(limit, hi))))
+    return profile, diameter
+
+
+def sample_patient(rng: np.random.Generator, config: CTSynthConfig, label: str) -> CTPatient:
+    """A random abdomen with one lesion of class `label`."""
+    anatomy = sample_anatomy(rng)
+    profile, diameter = sample_lesion_draws(rng, config, label)
     touch = bool(rng.random() < config.edge_lesion_fraction)
     lesion = place_lesion(rng, anatomy, diameter, profile.morph, touch_edge=touch)
     return CTPatient(
