@@ -29,8 +29,11 @@ def test_resnet2d_avg_exports_with_a_dynamic_batch(tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
-def test_segmenting_model_exports_both_outputs(tmp_path):
-    bundle = make_bundle(tmp_path / "b", "std_net", SEG_OPTIONS)
+@pytest.mark.parametrize("reading", [None, "radial"])
+def test_segmenting_model_exports_both_outputs(tmp_path, reading):
+    # the radial region reading fits a moment ellipsoid per case: its inverse must export too
+    extra = {"region_kinetics": True, "region_reading": reading} if reading else {}
+    bundle = make_bundle(tmp_path / "b", "std_net", {**SEG_OPTIONS, **extra})
     result = export_onnx(bundle, tmp_path / "s.onnx")
     assert result["outputs"] == ["logits", "seg_logits"] and result["max_abs_diff"] < 1e-4
 

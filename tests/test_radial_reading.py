@@ -8,6 +8,7 @@ import torch
 from liverphase.models import create_model
 from liverphase.models.heads import (
     REGION_SCALE,
+    inverse_3x3,
     lesion_radius,
     lesion_region_weights,
     region_count,
@@ -44,6 +45,11 @@ def test_lesion_radius_is_the_ellipsoids_own_normalised_radius() -> None:
     torch.testing.assert_close(
         shifted[moved], torch.roll(r, shifts=shift, dims=(0, 1, 2))[moved], atol=1e-4, rtol=0
     )
+
+
+def test_inverse_3x3_matches_torch() -> None:
+    m = torch.randn(4, 3, 3, generator=torch.Generator().manual_seed(0)) + 3 * torch.eye(3)
+    torch.testing.assert_close(inverse_3x3(m), torch.linalg.inv(m), atol=1e-5, rtol=1e-5)
 
 
 def test_lesion_radius_falls_back_to_the_soft_probability_below_one_half() -> None:

@@ -54,6 +54,22 @@ def region_count(reading: str) -> int:
     return 3 if reading == "shells" else 4
 
 
+def inverse_3x3(m: torch.Tensor) -> torch.Tensor:
+    """Inverse of a batch of 3×3 matrices (B, 3, 3) by cofactors: exports to ONNX, which has no
+    general matrix inverse."""
+    a = [[m[:, i, j] for j in range(3)] for i in range(3)]
+
+    def cof(i: int, j: int) -> torch.Tensor:
+        r = [k for k in range(3) if k != i]
+        c = [k for k in range(3) if k != j]
+        minor = a[r[0]][c[0]] * a[r[1]][c[1]] - a[r[0]][c[1]] * a[r[1]][c[0]]
+        return minor if (i + j) % 2 == 0 else -minor
+
+    cofactors = torch.stack([torch.stack([cof(i, j) for j in range(3)], -1) for i in range(3)], -2)
+    det = a[0][0] * cofactors[:, 0, 0] + a[0][1] * cofactors[:, 0, 1] + a[0][2] * cofactors[:, 0, 2]
+    return cofactors.transpose(1, 2) / det[:, None, None]
+
+
 def lesion_radius(prob: torch.Tensor) -> torch.Tensor:
     """Normalised radius of every voxel in the lesion's own ellipsoid: (B, 1, D, H, W) → same shape.
 
@@ -73,7 +89,7 @@ def lesion_radius(prob: torch.Tensor) -> torch.Tensor:
     d = pos[None] - (w @ pos)[:, None]  # (B, N, 3)
     cov = torch.einsum("bn,bni,bnj->bij", w, d, d) * 5.0
     cov = cov + 1e-6 * torch.eye(3, device=prob.device)
-    r2 = torch.einsum("bni,bij,bnj->bn", d, torch.linalg.inv(cov), d)
+    r2 = torch.einsum("bni,bij,bnj->bn", d, inverse_3x3(cov), d)
     return r2.clamp_min(0).sqrt().view(b, 1, *dims).to(prob.dtype)
 
 
