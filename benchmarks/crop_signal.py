@@ -7,8 +7,9 @@ For every case of the RUN's preprocessing (read from its cache; built when missi
   crop's grid), plus core−ring and rim−ring;
 - `head`: the 36 numbers std_net's region-only class head reads (`models.heads.region_enhancement`),
   here through the true mask instead of the predicted lesion probability;
-- `radial`: like `regions`, with the lesion cut by normalised depth (distance transform) into a centre
-  (< 0.45), a middle and an outer band (> 0.75) instead of core and rim;
+- `radial`: the first channel's mean per phase over the lesion cut by normalised depth (distance
+  transform) into a centre (< 0.45), a middle and an outer band (> 0.75), each minus the 3–10 mm
+  ring, plus `regions`' core−ring and rim−ring (so not a pure radial reading; `head radial` is);
 - `head radial`: the 48 numbers of the head's `region_reading=radial` through the true mask.
 Each goes through the kinetics baseline's logistic regression on the RUN's own folds; the pooled
 out-of-fold AUC says whether the signal is in the input and whether it needs the lesion's regions.
