@@ -75,29 +75,37 @@ def radial_bands(mask: np.ndarray, spacing_mm: Sequence[float]) -> dict[str, np.
     return {k: (v if v.any() else lesion) for k, v in bands.items()}
 
 
+FEATURE_SETS = ("global", "regions", "head", "radial", "head radial")
+
+
 def crop_features(
-    image: np.ndarray, mask: np.ndarray, spacing_mm: Sequence[float]
+    image: np.ndarray,
+    mask: np.ndarray,
+    spacing_mm: Sequence[float],
+    names: Sequence[str] = FEATURE_SETS,
 ) -> dict[str, np.ndarray]:
-    """(P, C, D, H, W) crop, its (D, H, W) mask and (z, y, x) spacing → both feature vectors."""
-    regions = lesion_regions(mask, spacing_mm)
+    """(P, C, D, H, W) crop, its (D, H, W) mask and (z, y, x) spacing → the named feature vectors."""
+    out: dict[str, np.ndarray] = {}
+    if "global" in names:
+        out["global"] = image.mean(axis=(2, 3, 4)).ravel()
     wide = image[:, 0]
-    means = np.stack(
-        [wide[:, regions[r]].mean(axis=1) for r in ("core", "rim", "surround")]
-    )  # (3, P)
-    contrasts = means[:2] - means[2:3]
-    bands = radial_bands(mask, spacing_mm)
-    radial = np.stack([wide[:, b].mean(axis=1) for b in bands.values()]) - means[2:3]  # (3, P)
+    if "regions" in names or "radial" in names:
+        regions = lesion_regions(mask, spacing_mm)
+        means = np.stack(
+            [wide[:, regions[r]].mean(axis=1) for r in ("core", "rim", "surround")]
+        )  # (3, P)
+        contrasts = means[:2] - means[2:3]
+        out["regions"] = np.concatenate([means.ravel(), contrasts.ravel()])
+    if "radial" in names:
+        bands = radial_bands(mask, spacing_mm)
+        radial = np.stack([wide[:, b].mean(axis=1) for b in bands.values()]) - means[2:3]
+        out["radial"] = np.concatenate([radial.ravel(), contrasts.ravel()])
     prob = torch.from_numpy((mask > 0).astype(np.float32))[None, None]
     x = torch.from_numpy(image.astype(np.float32))[None]
-    head = region_enhancement(x, prob)[0]
-    head_radial = region_enhancement(x, prob, reading="radial")[0]
-    return {
-        "global": image.mean(axis=(2, 3, 4)).ravel(),
-        "regions": np.concatenate([means.ravel(), contrasts.ravel()]),
-        "head": head.numpy(),
-        "radial": np.concatenate([radial.ravel(), contrasts.ravel()]),
-        "head radial": head_radial.numpy(),
-    }
+    for name, reading in (("head", "shells"), ("head radial", "radial")):
+        if name in names:
+            out[name] = region_enhancement(x, prob, reading=reading)[0].numpy()
+    return {name: out[name] for name in names}
 
 
 def binary_mask(prob: np.ndarray) -> np.ndarray:
@@ -200,7 +208,9 @@ def print_predicted(
             {c: head(c, r["prob"], "radial") for c, r in readings.items()}
         )
         through = {
-            c: crop_features(crops[c][0], binary_mask(r["prob"]), crops[c][2])
+            c: crop_features(
+                crops[c][0], binary_mask(r["prob"]), crops[c][2], ("regions", "radial")
+            )
             for c, r in readings.items()
         }
         for name in ("regions", "radial"):

@@ -25,6 +25,7 @@ import time
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -54,8 +55,6 @@ def sample_draws(
 
 def cv_auc(x: np.ndarray, y: np.ndarray, classifier: object, seed: int) -> float:
     """Out-of-fold AUC over 5 stratified folds."""
-    from sklearn.metrics import roc_auc_score
-
     folds = StratifiedKFold(5, shuffle=True, random_state=seed)
     p = cross_val_predict(classifier, x, y, cv=folds, method="predict_proba")[:, 1]
     return float(roc_auc_score(y, p))

@@ -101,19 +101,30 @@ def test_a_mask_too_large_keeps_the_radial_contrast_the_shells_lose() -> None:
     torch.testing.assert_close(weights[:3].sum(0), (rho <= 1.15).float())  # bands split the lesion
 
 
-def test_unknown_region_reading_is_refused() -> None:
+@pytest.mark.parametrize(
+    ("name", "options", "channels"),
+    [
+        ("std_net", {"scales": 3, "base_channels": 8}, 1),
+        ("unet_channels", {"base_channels": 8}, 1),
+        ("miff_spm", {"spm_hidden": 16}, 2),
+    ],
+)
+@pytest.mark.parametrize("region_kinetics", [True, False])
+def test_unknown_region_reading_is_refused(
+    name: str, options: dict, channels: int, region_kinetics: bool
+) -> None:
+    """Every model refuses a misspelt reading, even with the region head off (a typo never passes)."""
     with pytest.raises(ValueError, match="region_reading"):
         region_count("onion")
     with pytest.raises(ValueError, match="region_reading"):
         create_model(
-            "std_net",
+            name,
             num_classes=2,
             phases=("ART", "PV"),
-            in_channels=1,
-            base_channels=8,
-            scales=3,
-            region_kinetics=True,
+            in_channels=channels,
+            region_kinetics=region_kinetics,
             region_reading="onion",
+            **options,
         )
 
 

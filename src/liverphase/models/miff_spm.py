@@ -87,6 +87,7 @@ class MiffSpm(MultiPhaseModel):
                 "region_kinetics reads the last input channel as the lesion ROI "
                 f"(preprocessing roi_channel): needs in_channels >= 2, got {in_channels}"
             )
+        regions_per_channel = region_count(region_reading)  # refuses an unknown reading either way
         self.mtl_lambda = float(mtl_lambda)
         backbone = ResNet2d(in_channels, stem_stride)
         fusion = None
@@ -105,7 +106,7 @@ class MiffSpm(MultiPhaseModel):
         self.head = nn.Linear(width, num_classes)
         self.region_head: nn.Linear | None = None
         if region_kinetics:
-            regions = region_count(region_reading) * len(self.phases) * (in_channels - 1)
+            regions = regions_per_channel * len(self.phases) * (in_channels - 1)
             self.region_head = nn.Linear(regions, num_classes)
             self.head_prefix, self.reads_roi = "region_head.", True
         self.region_reading = region_reading
