@@ -10,7 +10,8 @@ import pytest
 
 from _predict_support import make_cohort
 from liverphase.evaluate import ablate
-from liverphase.evaluate.ablate import VARIANT_JSON, _key, experiment_tables, plan_run_dirs
+from liverphase.evaluate.ablate import experiment_tables
+from liverphase.evaluate.ablate_runs import VARIANT_JSON, plan_run_dirs, variant_key
 from liverphase.evaluate.cv import make_experiment, run_record
 from liverphase.io.nifti import open_dataset
 
@@ -32,18 +33,18 @@ def test_a_started_run_is_planned_for_its_own_variant_only(dataset: Path, tmp_pa
     runs = tmp_path / "runs"
     (runs / "00_miff_spm" / "fold_0").mkdir(parents=True)  # killed in its first fold
     (runs / "00_miff_spm" / VARIANT_JSON).write_text(json.dumps(_record(dataset, backbone)))
-    plan = plan_run_dirs(runs, {_key(v): _record(dataset, v) for v in (full, backbone)})
-    assert plan[_key(backbone)].name == "00_miff_spm"  # continued where it stopped
-    assert plan[_key(full)].name == "01_miff_spm"
+    plan = plan_run_dirs(runs, {variant_key(v): _record(dataset, v) for v in (full, backbone)})
+    assert plan[variant_key(backbone)].name == "00_miff_spm"  # continued where it stopped
+    assert plan[variant_key(full)].name == "01_miff_spm"
     # the full model alone must not take the backbone's half-trained folder
-    alone = plan_run_dirs(runs, {_key(full): _record(dataset, full)})
-    assert alone[_key(full)].name == "01_miff_spm"
+    alone = plan_run_dirs(runs, {variant_key(full): _record(dataset, full)})
+    assert alone[variant_key(full)].name == "01_miff_spm"
     # a cv run that named no switch is ablate's full model (the model's defaults fill it in)
     (runs / "cv_run").mkdir()
     (runs / "cv_run" / "run.json").write_text(json.dumps(_record(dataset, {"model": "miff_spm"})))
     (runs / "cv_run" / "predictions.csv").write_text("case_id\n")
-    again = plan_run_dirs(runs, {_key(full): _record(dataset, full)})
-    assert again[_key(full)].name == "cv_run"
+    again = plan_run_dirs(runs, {variant_key(full): _record(dataset, full)})
+    assert again[variant_key(full)].name == "cv_run"
 
 
 def test_run_ablate_marks_a_run_and_resumes_it_after_a_kill(

@@ -169,6 +169,7 @@ def test_user_errors_exit_2_with_one_line(cohort: Path, tmp_path: Path) -> None:
             str(tmp_path / "p"),
         ],
         ["ablate", str(cohort), "--out", str(tmp_path / "a"), "--tables", "7"],
+        ["ablate", str(cohort), "--out", str(tmp_path / "a"), "-o", "temporl=mean"],
         ["preprocess", str(cohort), "--out", str(tmp_path / "c"), "--profile", "gpu"],
     ]
     for args in cases:
@@ -312,6 +313,44 @@ def test_ablate_std_net_suite_tables() -> None:
     assert [v.get("missing_phase") for v in missing.values()] == [None, "NC", "ART", "PV", "DL"]
     with pytest.raises(ConfigError):
         experiment_tables(["NC"], suite="nope")
+
+
+def test_ablate_shared_options_reach_only_the_models_that_take_them() -> None:
+    """-o on ablate: each row's model gets the options it takes; a row's own options win."""
+    from liverphase.errors import ConfigError
+    from liverphase.evaluate.ablate import (
+        check_shared_options,
+        experiment_tables,
+        with_shared_options,
+    )
+    from liverphase.evaluate.compare import KINETICS
+
+    options = {"region_kinetics": True, "region_reading": "radial", "temporal": "gru"}
+    temporal = experiment_tables(["ART", "PV", "DL"], suite="std_net")["1. Temporal module"]
+    shared = {row: with_shared_options(v, options) for row, v in temporal.items()}
+    assert shared["mean"]["model_options"] == {
+        "region_kinetics": True,
+        "region_reading": "radial",
+        "temporal": "mean",
+    }
+    unet = shared["unet_channels (phases as channels)"]["model_options"]
+    assert unet == {"region_kinetics": True, "region_reading": "radial"}  # no temporal module
+    paper = experiment_tables(["NC", "ART", "PV", "DL"])[
+        "1. MIFF+SPM vs other networks and the kinetics baseline"
+    ]
+    assert (
+        with_shared_options(paper["resnet3d18"], {"region_reading": "radial"})
+        == paper["resnet3d18"]
+    )
+    assert with_shared_options(paper[KINETICS], options) == paper[KINETICS]
+    miff = with_shared_options(paper["miff_spm"], {"region_reading": "radial"})
+    assert miff["model_options"] == {
+        **paper["miff_spm"]["model_options"],
+        "region_reading": "radial",
+    }
+    check_shared_options(options, {"std_net", "unet_channels"})
+    with pytest.raises(ConfigError, match="temporal"):  # no paper-suite model has a temporal module
+        check_shared_options({"temporal": "gru"}, {"miff_spm", "resnet3d18"})
 
 
 def test_cv_of_a_segmenting_model_writes_per_case_dice_and_compare_tests_it(
@@ -498,7 +537,8 @@ def test_every_ablate_variant_builds_a_consistent_experiment(cohort: Path, suite
 
 def test_ablate_reuses_a_run_only_when_its_settings_match(cohort: Path, tmp_path: Path) -> None:
     """A RUN grown table by table: finished runs are matched by run.json, never by position."""
-    from liverphase.evaluate.ablate import _key, experiment_tables, plan_run_dirs
+    from liverphase.evaluate.ablate import experiment_tables
+    from liverphase.evaluate.ablate_runs import plan_run_dirs, variant_key
     from liverphase.evaluate.cv import make_experiment, run_record
     from liverphase.io.nifti import open_dataset
 
@@ -520,46 +560,70 @@ def test_ablate_reuses_a_run_only_when_its_settings_match(cohort: Path, tmp_path
         (runs / name / "predictions.csv").write_text("case_id\n")
     plan = plan_run_dirs(
         runs,
-        {_key(v): record(v) for v in (full, backbone, one_channel)},
+        {variant_key(v): record(v) for v in (full, backbone, one_channel)},
     )
-    assert plan[_key(full)].name == "00_miff_spm"
-    assert plan[_key(one_channel)].name == "01_miff_spm"
-    assert plan[_key(backbone)].name == "02_miff_spm"  # not the finished 1-channel run at 01
+    assert plan[variant_key(full)].name == "00_miff_spm"
+    assert plan[variant_key(one_channel)].name == "01_miff_spm"
+    assert plan[variant_key(backbone)].name == "02_miff_spm"  # not the finished 1-channel run at 01
     # the same variant with other training settings is a new run too
-    other = plan_run_dirs(runs, {_key(full): record(full, lr=1e-2)})
-    assert other[_key(full)].name == "02_miff_spm"
+    other = plan_run_dirs(runs, {variant_key(full): record(full, lr=1e-2)})
+    assert other[variant_key(full)].name == "02_miff_spm"
     # a run recorded before a setting existed ran with its default: still the same run
     old = json.loads((runs / "00_miff_spm" / "run.json").read_text())
     del old["training"]["augment_params"]["phase_dropout_prob"]
     (runs / "00_miff_spm" / "run.json").write_text(json.dumps(old))
-    assert plan_run_dirs(runs, {_key(full): record(full)})[_key(full)].name == "00_miff_spm"
+    assert (
+        plan_run_dirs(runs, {variant_key(full): record(full)})[variant_key(full)].name
+        == "00_miff_spm"
+    )
     dropout = record(full)
     dropout["training"]["augment_params"]["phase_dropout_prob"] = 0.5
-    assert plan_run_dirs(runs, {_key(full): dropout})[_key(full)].name == "02_miff_spm"
+    assert (
+        plan_run_dirs(runs, {variant_key(full): dropout})[variant_key(full)].name == "02_miff_spm"
+    )
     old["training"]["retired_setting"] = 1  # a setting this version no longer knows
     (runs / "00_miff_spm" / "run.json").write_text(json.dumps(old))
-    assert plan_run_dirs(runs, {_key(full): record(full)})[_key(full)].name == "02_miff_spm"
+    assert (
+        plan_run_dirs(runs, {variant_key(full): record(full)})[variant_key(full)].name
+        == "02_miff_spm"
+    )
     (runs / "00_miff_spm" / "run.json").write_text(json.dumps({**record(full), "seconds": 1.0}))
     (runs / "01_miff_spm" / "predictions.csv").unlink()  # unfinished: its name is free again
-    again = plan_run_dirs(runs, {_key(v): record(v) for v in (full, backbone)})
-    assert again[_key(backbone)].name == "01_miff_spm"
+    again = plan_run_dirs(runs, {variant_key(v): record(v) for v in (full, backbone)})
+    assert again[variant_key(backbone)].name == "01_miff_spm"
     # `cv --model miff_spm` names no switch: its defaults are ablate's full model, the same run;
     # naming a switch off is not
     plain = {"model": "miff_spm"}
     (runs / "00_miff_spm" / "run.json").write_text(json.dumps(record(plain)))
-    assert plan_run_dirs(runs, {_key(full): record(full)})[_key(full)].name == "00_miff_spm"
+    assert (
+        plan_run_dirs(runs, {variant_key(full): record(full)})[variant_key(full)].name
+        == "00_miff_spm"
+    )
     assert record(plain)["model_options"] != record(full)["model_options"]
     no_spm = {"model": "miff_spm", "model_options": {"spm": False}}
     (runs / "00_miff_spm" / "run.json").write_text(json.dumps(record(no_spm)))
-    assert plan_run_dirs(runs, {_key(full): record(full)})[_key(full)].name != "00_miff_spm"
+    assert (
+        plan_run_dirs(runs, {variant_key(full): record(full)})[variant_key(full)].name
+        != "00_miff_spm"
+    )
 
 
-def test_ablate_std_net_missing_phase_table_end_to_end(cohort: Path, tmp_path: Path) -> None:
-    """`ablate --suite std_net --tables 3` trains only the full model and re-predicts it per phase."""
+def test_ablate_std_net_missing_phase_table_end_to_end(
+    cohort: Path, small_config: Path, tmp_path: Path
+) -> None:
+    """`ablate --suite std_net --tables 3` trains only the full model and re-predicts it per phase;
+    --config and -o reach the trained run."""
     out = tmp_path / "abl"
     args = ["ablate", str(cohort), "--out", str(out), "--suite", "std_net", "--tables", "3"]
-    _ok([*args, "--folds", "2", "--epochs", "1"])
+    shared = ["--config", str(small_config), "-o", "region_kinetics=true", "-o", "scales=3"]
+    _ok([*args, "--folds", "2", "--epochs", "1", *shared, "-o", "region_reading=radial"])
     assert [d.name for d in (out / "runs").iterdir()] == ["00_std_net"]
+    record = json.loads((out / "runs" / "00_std_net" / "run.json").read_text())
+    assert record["model_options"]["region_reading"] == "radial"
+    assert record["model_options"]["temporal"] == "transformer"  # the row's own option kept
+    assert record["model_options"]["scales"] == 3
+    assert record["preprocessing"]["size"] == [8, 32, 32] and record["training"]["batch_size"] == 4
+    assert "region_reading" in (out / "report.md").read_text()  # the shared settings are stated
     rows = json.loads((out / "ablation.json").read_text())["tables"][
         "3. A phase missing at inference"
     ]

@@ -197,6 +197,25 @@ def test_options_are_checked() -> None:
         make(p=3)(torch.randn(1, 3, 1, 16, 32, 24))
 
 
+@pytest.mark.parametrize(
+    ("name", "options", "multiple"), [("std_net", {"scales": 3}, 4), ("unet_channels", {}, 16)]
+)
+def test_a_crop_the_model_cannot_halve_is_a_config_error_before_training(
+    name: str, options: dict, multiple: int
+) -> None:
+    """The trainer's check names the size (exit 2) instead of the first step's ValueError."""
+    from liverphase.errors import ConfigError
+    from liverphase.train.config import TrainConfig
+    from liverphase.train.recipe import check_model_config
+
+    net = make(name, **options)
+    assert net.grid_multiple == multiple
+    cfg = TrainConfig(model=name)
+    check_model_config(net, cfg, spatial_size=(multiple, 2 * multiple, 32))
+    with pytest.raises(ConfigError, match=f"divisible by {multiple}"):
+        check_model_config(net, cfg, spatial_size=(multiple + 2, 32, 32))
+
+
 def test_region_enhancement_reads_core_rim_and_surround() -> None:
     from liverphase.models.heads import REGION_SCALE, region_enhancement
 

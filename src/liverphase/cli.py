@@ -373,16 +373,22 @@ def ablate(
         help="paper: MIFF+SPM's tables 1-5; std_net: STD-Net's temporal-module, phase and missing-phase tables 1-3.",
     ),
     seed: int = typer.Option(0),
+    config: Path | None = _CONFIG,
+    option: list[str] = _OPTION,
     workers: int = _WORKERS,
     time_steps: bool = _TIME_STEPS,
 ) -> None:
     """A paper's experiments (networks, components, λ, channels, phases; or STD-Net's) in one command.
 
     Run again on the same OUT, it reuses finished runs with the same settings and continues an
-    interrupted one from its last epoch, so a long ablation can be spread over several sittings."""
+    interrupted one from its last epoch, so a long ablation can be spread over several sittings.
+    --config and -o go to every row: training and preprocessing settings as given, each model option
+    to the rows whose model takes it (a row's own options win: they are what its table varies)."""
     from liverphase.evaluate.ablate import parse_tables, run_ablate
+    from liverphase.train.options import config_overrides
 
     chosen = parse_tables(tables, dataset, suite)
+    shared = config_overrides(config, option)
     result = run_ablate(
         dataset,
         out,
@@ -395,6 +401,7 @@ def ablate(
         log=typer.echo,
         suite=suite,
         time_steps=time_steps,
+        shared=shared,
     )
     typer.echo(f"report: {result['report']} ({result['seconds']:.0f} s)")
 

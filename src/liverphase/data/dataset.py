@@ -60,6 +60,12 @@ class CachedStudyDataset(Dataset):
         """Number of items."""
         return len(self.items)
 
+    def spatial_size(self) -> tuple[int, ...] | None:
+        """(D, H, W) of the first item's crop, read from its header only (None when empty)."""
+        if not self.items:
+            return None
+        return tuple(np.load(self.items[0]["image"], mmap_mode="r", allow_pickle=False).shape[-3:])
+
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draw of this epoch."""
         self.epoch = int(epoch)

@@ -22,7 +22,6 @@ model; models that segment add Dice, HD95 and surface Dice with CIs and a paired
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 from liverphase.atomic import atomic_write_json, atomic_write_text
 from liverphase.errors import ConfigError
+from liverphase.evaluate.ablate_runs import VARIANT_JSON, plan_runs, variant_key
 from liverphase.evaluate.compare import (
     KINETICS,
     compare_runs,
@@ -42,8 +42,6 @@ from liverphase.evaluate.missing_phase import missing_phase_run
 from liverphase.evaluate.report import markdown_table
 from liverphase.io.nifti import open_dataset
 from liverphase.models.registry import model_defaults
-from liverphase.preprocess.config import PreprocessConfig
-from liverphase.train.config import TrainConfig
 
 
 def _variant(model: str, **options: Any) -> dict[str, Any]:
@@ -147,6 +145,29 @@ def experiment_tables(
     return tables
 
 
+def with_shared_options(variant: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """A row with those of the command's shared model options its model takes; the row's own
+    options win, since they are what its table varies."""
+    if variant["model"] == "kinetics" or not options:
+        return variant
+    takes = model_defaults(variant["model"])
+    shared = {k: v for k, v in options.items() if k in takes}
+    return {**variant, "model_options": {**shared, **variant.get("model_options", {})}}
+
+
+def check_shared_options(options: dict[str, Any], models: set[str]) -> None:
+    """A ConfigError for a shared model option none of the chosen rows' models takes (a typo, or
+    an option of another suite's model)."""
+    taken = set().union(*(model_defaults(m) for m in models)) if models else set()
+    unused = sorted(set(options) - taken)
+    if unused:
+        raise ConfigError(
+            f"model option(s) {unused} are taken by none of the models of the chosen tables "
+            f"({', '.join(sorted(models))})",
+            "--option",
+        )
+
+
 def parse_tables(spec: str | None, dataset: str | Path, suite: str) -> list[int] | None:
     """`--tables 1,3` into table numbers of the suite (None: all); a ConfigError if out of range."""
     check_suite(suite)
@@ -162,112 +183,10 @@ def parse_tables(spec: str | None, dataset: str | Path, suite: str) -> list[int]
     return chosen
 
 
-def _key(variant: dict[str, Any]) -> str:
-    return json.dumps(
-        {
-            k: variant.get(k)
-            for k in ("model", "model_options", "phases", "in_channels", "missing_phase")
-        },
-        sort_keys=True,
-    )
-
-
-def _with_model_defaults(model: Any, options: Any) -> Any:
-    """A model's options with the defaults it was built with filled in: `cv --model miff_spm` and
-    ablate's miff_spm with miff, spm named as their defaults are the same run."""
-    if not isinstance(options, dict):
-        return options
-    try:
-        defaults = model_defaults(str(model))
-    except KeyError:  # a model this version no longer has: compared as recorded
-        return options
-    return json.loads(json.dumps({**defaults, **options}, default=str))
-
-
-def _with_defaults(record: dict[str, Any]) -> dict[str, Any]:
-    """A run record with its training and preprocessing read back through their configs and its
-    model options through the model's defaults, so a run recorded before a setting existed, or with
-    a default left unnamed, holds that setting's default (the behaviour it ran with)."""
-    out = dict(record)
-    for key, config in (("training", TrainConfig), ("preprocessing", PreprocessConfig)):
-        if isinstance(out.get(key), dict):
-            out[key] = json.loads(json.dumps(config.from_dict(out[key]).to_dict()))
-    out["model_options"] = _with_model_defaults(out.get("model"), out.get("model_options"))
-    if isinstance(out.get("training"), dict):
-        training = out["training"]
-        training["model_options"] = _with_model_defaults(
-            training.get("model"), training.get("model_options")
-        )
-    return out
-
-
-# Written into a run folder before its cross-validation starts: an unfinished folder carrying it
-# is that variant's interrupted run, which the next `ablate` continues instead of restarting.
-VARIANT_JSON = "variant.json"
-
-
-def _normalised(info: dict[str, Any]) -> dict[str, Any] | None:
-    """`_with_defaults` of a recorded run; None for a setting this version no longer knows (so
-    not the same run as any row's)."""
-    try:
-        return _with_defaults(info)
-    except ConfigError:
-        return None
-
-
-def _matches(info: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
-    return info is not None and all(info.get(k) == v for k, v in wanted.items())
-
-
-def _finished_record(run_dir: Path) -> dict[str, Any] | None:
-    """The normalised run.json of a finished run folder (None: unfinished, or not recorded)."""
-    if not ((run_dir / "run.json").is_file() and (run_dir / "predictions.csv").is_file()):
-        return None
-    return _normalised(json.loads((run_dir / "run.json").read_text()))
-
-
-def _started(run_dir: Path) -> dict[str, Any] | None:
-    """The settings an unfinished run folder was started with (None: finished, or not ablate's)."""
-    if (run_dir / "predictions.csv").is_file() or not (run_dir / VARIANT_JSON).is_file():
-        return None
-    try:
-        return json.loads((run_dir / VARIANT_JSON).read_text())
-    except ValueError:  # not ablate's record (written atomically, so never half a file)
-        return None
-
-
-def plan_run_dirs(runs_root: Path, records: dict[str, dict[str, Any]]) -> dict[str, Path]:
-    """Variant key → its run folder. A finished run made with exactly the same settings is reused,
-    whatever its number, and an interrupted one is continued; any other variant gets the next
-    `NN_model` name no finished or started run holds, so a RUN folder grown table by table (or
-    session by session) never passes one variant's results off as another's."""
-    return {key: run_dir for key, (run_dir, _) in _plan(runs_root, records).items()}
-
-
-def _plan(runs_root: Path, records: dict[str, dict[str, Any]]) -> dict[str, tuple[Path, str]]:
-    """`plan_run_dirs` with each folder's state: finished (reuse), started (continue) or new."""
-    folders = sorted(runs_root.glob("*"))
-    finished = {d: _finished_record(d) for d in folders if (d / "predictions.csv").is_file()}
-    started = {d: _normalised(info) for d in folders if (info := _started(d)) is not None}
-    plan: dict[str, tuple[Path, str]] = {}
-    for key, record in records.items():
-        wanted = _with_defaults(record)
-        for state, candidates in (("finished", finished), ("started", started)):
-            match = next((d for d, i in candidates.items() if _matches(i, wanted)), None)
-            if match is not None:
-                plan[key] = (match, state)
-                break
-        else:
-            index = len(plan)
-            taken = {d for d, _ in plan.values()}
-            while (
-                (name := runs_root / f"{index:02d}_{record['model']}") in finished
-                or name in started
-                or name in taken
-            ):
-                index += 1
-            plan[key] = (name, "new")
-    return plan
+def _shared_text(shared: dict[str, Any], options: dict[str, Any]) -> str:
+    parts = [f"model options {options} (rows whose model takes them)"] if options else []
+    parts += [f"{k} {v}" for k, v in shared.items() if v not in ({}, None)]
+    return "; ".join(parts)
 
 
 def _missing_phase_run(full: Path, dataset: str | Path, phase: str, out: Path, n_boot: int) -> Path:
@@ -289,32 +208,41 @@ def run_ablate(
     log: Callable[[str], None] = print,
     suite: str = "paper",
     time_steps: bool = True,
+    shared: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run every variant of the chosen tables once (same folds, same seed) and write RUN/report.md."""
+    """Run every variant of the chosen tables once (same folds, same seed) and write RUN/report.md.
+
+    `shared` (`config_overrides` of --config and -o) goes to every row: training and preprocessing
+    settings as they are, each model option to the rows whose model takes it."""
     start = time.perf_counter()
     out = Path(out)
     ds = open_dataset(dataset)
+    shared = dict(shared or {})
+    options = shared.pop("model_options", None) or {}
     all_tables = experiment_tables(ds.phases, suite)
     chosen = {
-        t: v
-        for i, (t, v) in enumerate(all_tables.items(), start=1)
+        t: {row: with_shared_options(v, options) for row, v in rows.items()}
+        for i, (t, rows) in enumerate(all_tables.items(), start=1)
         if tables is None or i in tables
     }
-    full_key = _key(full_model(suite))
+    full = with_shared_options(full_model(suite), options)
+    models = {v["model"] for rows in chosen.values() for v in rows.values()} - {"kinetics"}
+    check_shared_options(options, models | {full["model"]})
+    full_key = variant_key(full)
     # every row's experiment is built (and validated) before the first run starts
     kwargs_of: dict[str, dict[str, Any]] = {}
     records: dict[str, dict[str, Any]] = {}
-    for variant in [full_model(suite)] + [v for t in chosen.values() for v in t.values()]:
+    for variant in [full] + [v for t in chosen.values() for v in t.values()]:
         trained = variant["model"] != "kinetics" and "missing_phase" not in variant
-        if trained and _key(variant) not in records:
-            kwargs = {"profile": profile, **variant}
+        if trained and variant_key(variant) not in records:
+            kwargs = {"profile": profile, **shared, **variant}
             if epochs is not None:
                 kwargs["epochs"] = epochs
-            kwargs_of[_key(variant)] = kwargs
-            records[_key(variant)] = run_record(
+            kwargs_of[variant_key(variant)] = kwargs
+            records[variant_key(variant)] = run_record(
                 make_experiment(ds, seed=seed, **kwargs), folds, seed
             )
-    plan = _plan(out / "runs", records)
+    plan = plan_runs(out / "runs", records)
     runs = {key: run_dir for key, (run_dir, _) in plan.items()}
     for key, (run_dir, state) in plan.items():
         if state == "finished":
@@ -339,11 +267,11 @@ def run_ablate(
     timings: dict[str, float] = {}  # each network timed once, however many tables hold it
     n_cases = len(oof_probs(runs[full_key])[0])
     for title, variants in chosen.items():
-        reference = next(k for k, v in variants.items() if _key(v) == full_key)
+        reference = next(k for k, v in variants.items() if variant_key(v) == full_key)
         table_runs = {
             k: _missing_phase_run(runs[full_key], dataset, v["missing_phase"], out, n_boot)
             if "missing_phase" in v
-            else runs[_key(v)]
+            else runs[variant_key(v)]
             for k, v in variants.items()
             if v["model"] != "kinetics"
         }
@@ -363,6 +291,7 @@ def run_ablate(
             + markdown_table(rows, table_columns(rows))
         )
         results[title] = rows
+    shared_text = _shared_text(shared, options)
     header = (
         f"# Ablation: {SUITES[suite]}\n\nDataset {ds.root} ({n_cases} cases, "
         f"{len({c.patient_id for c in ds.cases})} patients). Every row is a {folds}-fold patient-level cross-validation on the same "
@@ -379,6 +308,7 @@ def run_ablate(
             else ""
         )
         + ". "
+        + (f"Settings shared by every row: {shared_text}. " if shared_text else "")
         + step_note([r for rows in results.values() for r in rows])
         + "\n"
     )

@@ -234,8 +234,9 @@ class PhaseEncoder(nn.Module):
         return feats
 
 
-def _check_grid(model: MultiPhaseModel, x: torch.Tensor, factor: int) -> None:
+def _check_grid(model: MultiPhaseModel, x: torch.Tensor) -> None:
     model.check_input(x)
+    factor = model.grid_multiple
     if any(n % factor for n in x.shape[3:]):
         raise ValueError(
             f"{type(model).__name__} needs D, H, W divisible by {factor}, got {tuple(x.shape[3:])}"
@@ -280,6 +281,7 @@ class StdNet(MultiPhaseModel):
             raise ValueError(f"scales must lie in 2..6, got {scales}")
         if not 1 <= temporal_scales <= scales:
             raise ValueError(f"temporal_scales must lie in 1..{scales}, got {temporal_scales}")
+        self.grid_multiple = 2 ** (scales - 1)  # each downsampling halves D, H and W
         if base_channels < 1 or layers < 1 or heads < 1 or temporal_pool < 1:
             raise ValueError("base_channels, layers, heads and temporal_pool must be >= 1")
         widths = [base_channels * 2**k for k in range(scales)]
@@ -310,7 +312,7 @@ class StdNet(MultiPhaseModel):
 
     def forward(self, x: torch.Tensor, phase_mask: torch.Tensor | None = None) -> ModelOutput:
         """x (B, P, C, D, H, W), optional presence mask (B, P) → logits, seg_logits, features."""
-        _check_grid(self, x, 2 ** (len(self.fusion) - 1))
+        _check_grid(self, x)
         b, p = x.shape[:2]
         mask = check_phase_mask(phase_mask, b, p)
         levels = self.encoder(x.flatten(0, 1))
@@ -365,6 +367,7 @@ class UNetChannels(MultiPhaseModel):
     ) -> None:
         reject_unknown_options("unet_channels", unused)
         super().__init__(num_classes, phases, in_channels)
+        self.grid_multiple = 16  # four stride-2 levels
         widths = [base_channels * 2**k for k in range(5)]
         self.unet = UNet(
             3, len(self.phases) * in_channels, 2, widths, (2, 2, 2, 2), num_res_units=2
@@ -378,7 +381,7 @@ class UNetChannels(MultiPhaseModel):
 
     def forward(self, x: torch.Tensor, phase_mask: torch.Tensor | None = None) -> ModelOutput:
         """x (B, P, C, D, H, W), optional presence mask (B, P) → logits, seg_logits, features."""
-        _check_grid(self, x, 16)
+        _check_grid(self, x)
         mask = check_phase_mask(phase_mask, *x.shape[:2])
         if mask is not None:
             x = x * mask.to(x.dtype).view(*mask.shape, 1, 1, 1, 1)

@@ -38,6 +38,25 @@ def read_experiment_config(config: Path | None) -> dict[str, Any]:
     return data
 
 
+def config_overrides(
+    config: Path | None = None, option: list[str] | None = None, no_register: bool = False
+) -> dict[str, Any]:
+    """The YAML config and `-o key=value` flags as make_experiment's model_options,
+    preprocess_overrides and training keywords (what every run of a command shares)."""
+    data = read_experiment_config(config)
+    pre = dict(data.get("preprocess") or {})
+    if no_register:
+        pre["register"] = False
+    return {
+        **dict(data.get("train") or {}),
+        "model_options": {
+            **(data.get("model_options") or {}),
+            **parse_model_options(option or []),
+        },
+        "preprocess_overrides": pre,
+    }
+
+
 def experiment_kwargs(
     model: str,
     profile: str,
@@ -51,22 +70,13 @@ def experiment_kwargs(
     no_register: bool = False,
 ) -> dict[str, Any]:
     """Profile + YAML config + explicit flags (flags win) into make_experiment's keyword arguments."""
-    data = read_experiment_config(config)
-    train = dict(data.get("train") or {})
+    shared = config_overrides(config, option, no_register)
     flags = (("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
-    train.update({k: v for k, v in flags if v is not None})
-    pre = dict(data.get("preprocess") or {})
-    if no_register:
-        pre["register"] = False
+    shared.update({k: v for k, v in flags if v is not None})
     return {
         "model": model,
         "profile": profile,
         "phases": [p.strip() for p in phases.split(",")] if phases else None,
         "in_channels": in_channels,
-        "model_options": {
-            **(data.get("model_options") or {}),
-            **parse_model_options(option or []),
-        },
-        "preprocess_overrides": pre,
-        **train,
+        **shared,
     }

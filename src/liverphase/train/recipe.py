@@ -169,10 +169,23 @@ def selection_score(record: dict[str, Any], select_metric: str, has_val: bool) -
     return [-record["val_loss"]]
 
 
-def check_model_config(model: torch.nn.Module, cfg: TrainConfig, roi_channel: bool = False) -> None:
+def check_model_config(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    roi_channel: bool = False,
+    spatial_size: Sequence[int] | None = None,
+) -> None:
     """The λ a model mixes its logits with must be the one the config names (it lives in both),
-    phase dropout needs a model that takes a phase mask, and a model that reads an ROI channel
-    needs data that gives one (else it would read its last intensity channel as the lesion mask)."""
+    phase dropout needs a model that takes a phase mask, a model that reads an ROI channel
+    needs data that gives one (else it would read its last intensity channel as the lesion mask),
+    and a model that halves its grid n times needs a crop it divides (else the first step fails)."""
+    multiple = int(getattr(model, "grid_multiple", 1))
+    if spatial_size is not None and any(int(n) % multiple for n in spatial_size):
+        raise ConfigError(
+            f"model {cfg.model!r} needs a crop size divisible by {multiple} on every axis, got "
+            f"{list(spatial_size)}; change the preprocess size or the model's scales",
+            "size",
+        )
     if getattr(model, "reads_roi", False) and not roi_channel:
         raise ConfigError(
             f"model {cfg.model!r} reads the lesion ROI as its last input channel but the data "

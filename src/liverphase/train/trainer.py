@@ -122,7 +122,7 @@ class Trainer:
             model = self.model_factory().to(self.device)
             self.model = model
             self.segments = bool(getattr(model, "segments", False))
-            check_model_config(model, cfg, self.roi_channel)
+            check_model_config(model, cfg, self.roi_channel, self.train_set.spatial_size())
             net = self._wrap(model)
             opt = build_optimizer(cfg, model)
             sched = build_scheduler(cfg, opt)
