@@ -155,7 +155,7 @@ def test_predict_held_out_dicom_study(cv_run: Path, cohort: Path, tmp_path: Path
     assert set(pred["probabilities"]) == {"HCC", "ICC"} and pred["lesion"]["volume_ml"] > 0
 
 
-def test_user_errors_exit_2_with_one_line(cohort: Path, tmp_path: Path) -> None:
+def test_user_errors_exit_2_with_one_line(cohort: Path, small_config: Path, tmp_path: Path) -> None:
     cases = [
         ["cv", str(tmp_path / "missing"), "--out", str(tmp_path / "r")],
         ["cv", str(cohort), "--model", "no_such_model", "--out", str(tmp_path / "r")],
@@ -177,6 +177,15 @@ def test_user_errors_exit_2_with_one_line(cohort: Path, tmp_path: Path) -> None:
         assert result.exit_code == 2, f"{args}: {result.output}"
         lines = [ln for ln in result.output.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    # the trainer refuses a crop std_net (5 scales: multiples of 16) cannot halve, before a step
+    # (after the crops' progress bar: the error is the one line that follows it)
+    args = ["cv", str(cohort), "--model", "std_net", "--config", str(small_config)]
+    result = RUNNER.invoke(
+        app, [*args, "--folds", "2", "--epochs", "1", "--out", str(tmp_path / "g")]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.rstrip().splitlines()[-1].startswith("error:")
+    assert "divisible by 16" in result.output and "Traceback" not in result.output
 
 
 def test_preprocess_builds_the_entries_cv_reads(
@@ -620,7 +629,7 @@ def test_ablate_std_net_missing_phase_table_end_to_end(
     assert [d.name for d in (out / "runs").iterdir()] == ["00_std_net"]
     record = json.loads((out / "runs" / "00_std_net" / "run.json").read_text())
     assert record["model_options"]["region_reading"] == "radial"
-    assert record["model_options"]["temporal"] == "transformer"  # the row's own option kept
+    assert record["model_options"]["temporal"] == "transformer"  # beside the row's own option
     assert record["model_options"]["scales"] == 3
     assert record["preprocessing"]["size"] == [8, 32, 32] and record["training"]["batch_size"] == 4
     assert "region_reading" in (out / "report.md").read_text()  # the shared settings are stated

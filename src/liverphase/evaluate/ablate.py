@@ -158,7 +158,7 @@ def with_shared_options(variant: dict[str, Any], options: dict[str, Any]) -> dic
 def check_shared_options(options: dict[str, Any], models: set[str]) -> None:
     """A ConfigError for a shared model option none of the chosen rows' models takes (a typo, or
     an option of another suite's model)."""
-    taken = set().union(*(model_defaults(m) for m in models)) if models else set()
+    taken = set().union(*(model_defaults(m) for m in models))
     unused = sorted(set(options) - taken)
     if unused:
         raise ConfigError(
