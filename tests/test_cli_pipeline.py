@@ -629,7 +629,7 @@ def test_ablate_std_net_missing_phase_table_end_to_end(
     assert [d.name for d in (out / "runs").iterdir()] == ["00_std_net"]
     record = json.loads((out / "runs" / "00_std_net" / "run.json").read_text())
     assert record["model_options"]["region_reading"] == "radial"
-    assert record["model_options"]["temporal"] == "transformer"  # beside the row's own option
+    assert record["model_options"]["temporal"] == "transformer"  # the row's own, kept
     assert record["model_options"]["scales"] == 3
     assert record["preprocessing"]["size"] == [8, 32, 32] and record["training"]["batch_size"] == 4
     assert "region_reading" in (out / "report.md").read_text()  # the shared settings are stated
