@@ -49,28 +49,62 @@ def _auc_text(metrics: dict[str, Any]) -> str:
     return f"AUC {nan if auc is None else auc:.3f} (95% CI {lo:.3f}-{hi:.3f})"
 
 
+def _staging_text(pooled: dict[str, Any]) -> str:
+    """'accuracy 0.71 (0.64-0.78), QWK ..., MAE ...' of an ordinal metrics block (+ per slice)."""
+    nan = float("nan")
+    block = pooled["ordinal"]
+    parts = []
+    for key, name in (("acc", "accuracy"), ("qwk", "QWK"), ("mae_stage", "MAE (stages)")):
+        lo, hi = (nan if v is None else v for v in block.get(f"{key}_ci") or (nan, nan))
+        value = block.get(key)
+        parts.append(f"{name} {nan if value is None else value:.3f} ({lo:.3f}-{hi:.3f})")
+    slices = pooled.get("slices")
+    if slices and slices.get("slice_acc") is not None:
+        parts.append(f"per-slice accuracy {slices['slice_acc']:.3f}")
+    return ", ".join(parts)
+
+
 @app.command()
 @user_errors
 def synth(
     out: Path = typer.Argument(..., help="Output folder (an nnU-Net raw dataset + cases.csv)."),
-    kind: str = typer.Option("ct", help="ct (mri-dce and mri-cirrhosis follow in later releases)."),
+    kind: str = typer.Option(
+        "ct", help="ct (multi-phase CT lesions) or mri-cirrhosis (T1W/T2W cirrhosis stages)."
+    ),
     cases: int = typer.Option(40, min=1, help="Number of cases."),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same cohort."),
-    classes: int = typer.Option(2, help="2 (HCC, ICC) or 5 (+ hemangioma, cyst, metastasis)."),
+    classes: int = typer.Option(2, help="ct: 2 (HCC, ICC) or 5 (+ hemangioma, cyst, metastasis)."),
     dicom: int = typer.Option(
-        0, min=0, help="Also write the first K cases as DICOM studies in OUT/dicom/."
+        0, min=0, help="ct: also write the first K cases as DICOM studies in OUT/dicom/."
     ),
-    difficulty: str = typer.Option("realistic", help="easy (textbook kinetics) or realistic."),
+    difficulty: str = typer.Option("realistic", help="ct: easy (textbook kinetics) or realistic."),
+    healthy: int = typer.Option(
+        0, help="mri-cirrhosis: add N healthy controls (stage 0) to the staged cases."
+    ),
     preset: str = typer.Option(
         "default", help="Grid preset: default, tiny (tests) or realistic (512² CT)."
     ),
 ) -> None:
-    """Make a synthetic multi-phase cohort with known lesion classes, masks and breathing shifts."""
+    """Make a synthetic cohort: multi-phase CT lesions, or T1W/T2W MRI of cirrhosis stages."""
     from liverphase.errors import ConfigError
+
+    if kind == "mri-cirrhosis":
+        from liverphase.synth.cirrhosis import synth_cirrhosis_cohort
+
+        if dicom:
+            raise ConfigError("--dicom is available for --kind ct only", "dicom")
+        root = synth_cirrhosis_cohort(out, cases=cases, seed=seed, healthy=healthy, preset=preset)
+        extra = f" and {healthy} healthy controls" if healthy else ""
+        typer.echo(f"wrote {cases} staged cases{extra} to {root}")
+        return
+    if kind != "ct":
+        raise ConfigError(
+            f"--kind {kind!r} is not available yet; use --kind ct or --kind mri-cirrhosis"
+        )
+    if healthy:
+        raise ConfigError("--healthy is available for --kind mri-cirrhosis only", "healthy")
     from liverphase.synth.ct import synth_ct_cohort
 
-    if kind != "ct":
-        raise ConfigError(f"--kind {kind!r} is not available yet; use --kind ct")
     root = synth_ct_cohort(
         out,
         cases=cases,
@@ -120,6 +154,9 @@ _CACHE = typer.Option(None, help="Cache folder (default RUN/cache).")
 _NO_REGISTER = typer.Option(False, "--no-register", help="Skip inter-phase registration.")
 _TIME_STEPS = typer.Option(
     True, help="Time each run's network side by side for the 'Step s (timed)' column."
+)
+_LOSS = typer.Option(
+    None, help="Class loss: ce (cross-entropy) or coral (ordinal, for ordered stages)."
 )
 _OPTION = typer.Option(
     [], "--option", "-o", help="Model option key=value (repeatable), e.g. miff=false."
@@ -181,13 +218,24 @@ def train(
     cache: Path | None = _CACHE,
     resume: bool = typer.Option(False, help="Continue a killed run from its last checkpoint."),
     no_register: bool = _NO_REGISTER,
+    loss: str | None = _LOSS,
 ) -> None:
     """Train one model on a whole dataset (an inner validation split selects the epoch)."""
     from liverphase.evaluate.cv import run_train
     from liverphase.train.options import experiment_kwargs
 
     kwargs = experiment_kwargs(
-        model, profile, config, epochs, batch_size, lr, phases, in_channels, option, no_register
+        model,
+        profile,
+        config,
+        epochs,
+        batch_size,
+        lr,
+        phases,
+        in_channels,
+        option,
+        no_register,
+        loss,
     )
     result = run_train(
         dataset, out, kwargs, seed=seed, cache_root=cache, workers=workers, resume=resume
@@ -215,13 +263,24 @@ def cv(
     cache: Path | None = _CACHE,
     resume: bool = typer.Option(False, help="Continue killed folds from their last checkpoint."),
     no_register: bool = _NO_REGISTER,
+    loss: str | None = _LOSS,
 ) -> None:
     """k-fold patient-level cross-validation: metrics with CIs, ROC, report and a bundle per fold."""
     from liverphase.evaluate.cv import run_cv
     from liverphase.train.options import experiment_kwargs
 
     kwargs = experiment_kwargs(
-        model, profile, config, epochs, batch_size, lr, phases, in_channels, option, no_register
+        model,
+        profile,
+        config,
+        epochs,
+        batch_size,
+        lr,
+        phases,
+        in_channels,
+        option,
+        no_register,
+        loss,
     )
     result = run_cv(
         dataset,
@@ -234,7 +293,10 @@ def cv(
         resume=resume,
     )
     pooled = result["metrics"]["pooled"]
-    typer.echo(f"pooled {_auc_text(pooled)}, ACC {pooled.get('acc', float('nan')):.3f}")
+    if "ordinal" in pooled:
+        typer.echo(f"pooled {_staging_text(pooled)}")
+    else:
+        typer.echo(f"pooled {_auc_text(pooled)}, ACC {pooled.get('acc', float('nan')):.3f}")
     if "dice" in pooled:
         typer.echo(f"pooled Dice {pooled['dice']:.3f}")
     typer.echo(f"report: {Path(out) / 'report.md'}")
@@ -370,7 +432,7 @@ def ablate(
     ),
     suite: str = typer.Option(
         "paper",
-        help="paper: MIFF+SPM's tables 1-5; std_net: STD-Net's temporal-module, phase and missing-phase tables 1-3.",
+        help="paper: MIFF+SPM's tables 1-5; std_net: STD-Net's temporal-module, phase and missing-phase tables 1-3; cirrhosis: staging per sequence (T1W, T2W, both), cirrhosis_msa 2D/3D vs radiomics.",
     ),
     seed: int = typer.Option(0),
     config: Path | None = _CONFIG,

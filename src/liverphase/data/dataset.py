@@ -89,11 +89,20 @@ class CachedStudyDataset(Dataset):
                 f"mask shape {mask.shape} does not match image grid {image.shape[2:]}",
                 item["mask"],
             )
-        present = None
+        # phases the study has (a dataset allowing missing phases lists them), then phase dropout
+        present = np.asarray(item["present"], bool) if item.get("present") is not None else None
+        if present is not None and present.shape != (image.shape[0],):
+            raise DatasetError(
+                f"case {item['case_id']}: {present.size} phase flags for {image.shape[0]} phases",
+                item["image"],
+            )
         if self.augment is not None:
             seed = self.sample_seed(index)
             image, mask = self.augment(image, mask, seed)
-            present = self.augment.phase_presence(image.shape[0], seed)
+            dropped = self.augment.phase_presence(image.shape[0], seed)
+            if dropped is not None:
+                both = dropped if present is None else present & dropped
+                present = both if both.any() else present  # never drop a study's only phase
         if self.roi_channel:
             assert mask is not None  # checked in __init__
             image = with_roi_channel(image, mask)
@@ -115,9 +124,14 @@ class CachedStudyDataset(Dataset):
         }
 
 
-def model_kwargs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    """The keyword arguments a batch carries for the model: the phase mask of phase dropout."""
-    return {"phase_mask": batch["phase_mask"].to(device)} if "phase_mask" in batch else {}
+def model_kwargs(
+    batch: dict[str, Any], device: torch.device, phase_mask: bool = True
+) -> dict[str, torch.Tensor]:
+    """The keyword arguments a batch carries for the model: the phase mask (phases the study lacks
+    and phase dropout), unless the model takes none (`phase_mask=False`: absent phases are zeros)."""
+    if not phase_mask or "phase_mask" not in batch:
+        return {}
+    return {"phase_mask": batch["phase_mask"].to(device)}
 
 
 def _load(path: str | Path, ndim: int, what: str) -> np.ndarray:

@@ -40,7 +40,8 @@ from liverphase.evaluate.compare import (
 from liverphase.evaluate.cv import make_experiment, run_cv, run_record
 from liverphase.evaluate.missing_phase import missing_phase_run
 from liverphase.evaluate.report import markdown_table
-from liverphase.io.nifti import open_dataset
+from liverphase.evaluate.staging_suite import run_staging_suite, staging_tables
+from liverphase.io.nifti import NnUNetDataset, open_dataset
 from liverphase.models.registry import model_defaults
 
 
@@ -49,9 +50,13 @@ def _variant(model: str, **options: Any) -> dict[str, Any]:
     return {"model": model, "model_options": options, **extra}
 
 
+# rows that are not networks: fitted by their own code on the runs' folds
+BASELINES = ("kinetics", "radiomics")
+
 SUITES = {
     "paper": "the four-phase CT paper's experiments (MIFF+SPM)",
     "std_net": "STD-Net's experiments (temporal module, phases, a missing phase)",
+    "cirrhosis": "cirrhosis staging per sequence (cirrhosis_msa 2D and 3D vs radiomics)",
 }
 
 
@@ -67,6 +72,8 @@ def full_model(suite: str = "paper") -> dict[str, Any]:
     check_suite(suite)
     if suite == "std_net":
         return _variant("std_net", temporal="transformer")
+    if suite == "cirrhosis":
+        return _variant("cirrhosis_msa")
     return _variant("miff_spm", miff=True, spm=True, mtl_lambda=0.5)
 
 
@@ -105,6 +112,8 @@ def experiment_tables(
     check_suite(suite)
     if suite == "std_net":
         return std_net_tables(phases)
+    if suite == "cirrhosis":
+        return staging_tables(phases)
     full = full_model()
     tables: dict[str, dict[str, dict[str, Any]]] = {
         "1. MIFF+SPM vs other networks and the kinetics baseline": {
@@ -148,7 +157,7 @@ def experiment_tables(
 def with_shared_options(variant: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """A row with those of the command's shared model options its model takes; the row's own
     options win, since they are what its table varies."""
-    if variant["model"] == "kinetics" or not options:
+    if variant["model"] in BASELINES or not options:
         return variant
     takes = model_defaults(variant["model"])
     shared = {k: v for k, v in options.items() if k in takes}
@@ -195,6 +204,58 @@ def _missing_phase_run(full: Path, dataset: str | Path, phase: str, out: Path, n
     return missing_phase_run(full, dataset, phase, out / "missing" / phase, out / "cache", n_boot)
 
 
+def train_variants(
+    ds: NnUNetDataset,
+    dataset: str | Path,
+    out: Path,
+    variants: list[dict[str, Any]],
+    folds: int,
+    profile: str,
+    seed: int,
+    epochs: int | None,
+    shared: dict[str, Any],
+    workers: int,
+    n_boot: int,
+    log: Callable[[str], None],
+) -> dict[str, Path]:
+    """Cross-validate every trained variant once into RUN/runs (variant key → run folder): a
+    finished run with the same settings is reused, an interrupted one continued."""
+    kwargs_of: dict[str, dict[str, Any]] = {}
+    records: dict[str, dict[str, Any]] = {}
+    # every row's experiment is built (and validated) before the first run starts
+    for variant in variants:
+        trained = variant["model"] not in BASELINES and "missing_phase" not in variant
+        if trained and variant_key(variant) not in records:
+            kwargs = {"profile": profile, **shared, **variant}
+            if epochs is not None:
+                kwargs["epochs"] = epochs
+            kwargs_of[variant_key(variant)] = kwargs
+            records[variant_key(variant)] = run_record(
+                make_experiment(ds, seed=seed, **kwargs), folds, seed
+            )
+    plan = plan_runs(out / "runs", records)
+    for key, (run_dir, state) in plan.items():
+        if state == "finished":
+            log(f"cv {run_dir.name}: reused, same settings ({kwargs_of[key]})")
+            continue
+        resumed = state == "started"
+        log(f"cv {run_dir.name}: {'continued, ' if resumed else ''}{kwargs_of[key]}")
+        atomic_write_json(run_dir / VARIANT_JSON, records[key])
+        run_cv(
+            dataset,
+            run_dir,
+            kwargs_of[key],
+            folds=folds,
+            seed=seed,
+            cache_root=out / "cache",
+            workers=workers,
+            n_boot=n_boot,
+            resume=resumed,  # an interrupted run goes on from its folds' last checkpoints
+            progress=False,
+        )
+    return {key: run_dir for key, (run_dir, _) in plan.items()}
+
+
 def run_ablate(
     dataset: str | Path,
     out: str | Path,
@@ -226,43 +287,32 @@ def run_ablate(
         if tables is None or i in tables
     }
     full = with_shared_options(full_model(suite), options)
-    models = {v["model"] for rows in chosen.values() for v in rows.values()} - {"kinetics"}
+    models = {v["model"] for rows in chosen.values() for v in rows.values()} - set(BASELINES)
     check_shared_options(options, models | {full["model"]})
-    full_key = variant_key(full)
-    # every row's experiment is built (and validated) before the first run starts
-    kwargs_of: dict[str, dict[str, Any]] = {}
-    records: dict[str, dict[str, Any]] = {}
-    for variant in [full] + [v for t in chosen.values() for v in t.values()]:
-        trained = variant["model"] != "kinetics" and "missing_phase" not in variant
-        if trained and variant_key(variant) not in records:
-            kwargs = {"profile": profile, **shared, **variant}
-            if epochs is not None:
-                kwargs["epochs"] = epochs
-            kwargs_of[variant_key(variant)] = kwargs
-            records[variant_key(variant)] = run_record(
-                make_experiment(ds, seed=seed, **kwargs), folds, seed
+    if suite == "cirrhosis":
+
+        def train(variants: list[dict[str, Any]]) -> dict[str, Path]:
+            return train_variants(
+                ds,
+                dataset,
+                out,
+                variants,
+                folds,
+                profile,
+                seed,
+                epochs,
+                shared,
+                workers,
+                n_boot,
+                log,
             )
-    plan = plan_runs(out / "runs", records)
-    runs = {key: run_dir for key, (run_dir, _) in plan.items()}
-    for key, (run_dir, state) in plan.items():
-        if state == "finished":
-            log(f"cv {run_dir.name}: reused, same settings ({kwargs_of[key]})")
-            continue
-        resumed = state == "started"
-        log(f"cv {run_dir.name}: {'continued, ' if resumed else ''}{kwargs_of[key]}")
-        atomic_write_json(run_dir / VARIANT_JSON, records[key])
-        run_cv(
-            dataset,
-            run_dir,
-            kwargs_of[key],
-            folds=folds,
-            seed=seed,
-            cache_root=out / "cache",
-            workers=workers,
-            n_boot=n_boot,
-            resume=resumed,  # an interrupted run goes on from its folds' last checkpoints
-            progress=False,
-        )
+
+        return run_staging_suite(dataset, out, chosen, train, n_boot, seed, folds, profile, log)
+    full_key = variant_key(full)
+    variants = [full] + [v for t in chosen.values() for v in t.values()]
+    runs = train_variants(
+        ds, dataset, out, variants, folds, profile, seed, epochs, shared, workers, n_boot, log
+    )
     sections, results = [], {}
     timings: dict[str, float] = {}  # each network timed once, however many tables hold it
     n_cases = len(oof_probs(runs[full_key])[0])

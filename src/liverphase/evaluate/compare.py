@@ -112,9 +112,9 @@ def step_arguments(run: Path, ds: NnUNetDataset) -> dict[str, Any] | None:
     """`profile_one`'s arguments for a RUN's network (rebuilt from its run.json) at the run's
     input and batch size; None for a folder without run.json."""
     info = run_info(run)
-    if not info:
+    if not info or "preprocessing" not in info:  # no run.json, or a baseline (no network)
         return None
-    pre = info.get("preprocessing", {})
+    pre = info["preprocessing"]
     options = dict(info.get("model_options", {}))
     channels = options.pop("in_channels", None) or pre["channels"]
     phases = list(pre.get("phases") or ds.phases)

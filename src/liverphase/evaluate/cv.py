@@ -17,6 +17,7 @@ from liverphase.errors import ConfigError
 from liverphase.evaluate.predictions import Predictions
 from liverphase.evaluate.report import write_cv_report
 from liverphase.evaluate.segmentation import evaluate_segmentation
+from liverphase.evaluate.slices import staging_results
 from liverphase.io.nifti import NnUNetDataset, open_dataset
 from liverphase.models.registry import create_model, model_info
 from liverphase.preprocess.build import preprocess_dataset
@@ -59,6 +60,13 @@ SEGMENTING_MARGIN_MM = 3.0
 # 3e-2), so a classifier with region_kinetics trains that head 100x faster unless the config says
 # otherwise (a segmenting model's region head reads its own mask: its rate stays the config's).
 REGION_HEAD_LR_SCALE = 100.0
+# Whole-organ input (dataset.json "roi": "organ", cirrhosis staging): the liver's box plus a thin
+# margin, so the surface (nodularity) and its surroundings (ascites, the caudate's contour) stay in
+PROFILE_INPUT_ORGAN: dict[str, tuple[int, int, int]] = {
+    "paper": (48, 192, 192),
+    "cpu": (24, 96, 96),
+}
+ORGAN_MARGIN_MM = 8.0
 
 
 def make_experiment(
@@ -90,12 +98,16 @@ def make_experiment(
     elif "mtl_lambda" in options and "mtl_lambda" not in train_overrides:
         # λ named once, as a model option (ablate's table 3): the loss takes the same value
         train = train.replace(mtl_lambda=float(options["mtl_lambda"]))
+    organ = ds.roi == "organ"
     pre = {
-        "size": PROFILE_INPUT[profile],
-        "channels": in_channels,
+        "size": (PROFILE_INPUT_ORGAN if organ else PROFILE_INPUT)[profile],
+        "channels": in_channels if ds.modality == "ct" else None,
         "phases": tuple(phases),
-        "roi_source": "mask_jitter" if info["segments"] else "mask",
-        **({"margin_mm": SEGMENTING_MARGIN_MM} if info["segments"] else {}),
+        "roi_source": "mask_jitter" if info["segments"] and not organ else "mask",
+        **({"margin_mm": SEGMENTING_MARGIN_MM} if info["segments"] and not organ else {}),
+        **({"modality": "mri"} if ds.modality == "mri" else {}),
+        **({"roi": "organ", "margin_mm": ORGAN_MARGIN_MM} if organ else {}),
+        **({"missing_phases": "zero"} if ds.allow_missing_phases else {}),
         **(preprocess_overrides or {}),
     }
     if options.get("region_kinetics") and not info["segments"]:
@@ -111,14 +123,34 @@ def make_experiment(
     return Experiment(model, train, preprocess, phases, list(ds.class_names), options)
 
 
+def experiment_cases(ds: NnUNetDataset, phases: Sequence[str]) -> list[str]:
+    """The cases an experiment on `phases` uses: every case, except (in a dataset whose cases may
+    lack phases) those that have none of them; unlabeled rows never train or score."""
+    cases = [c.case_id for c in ds.cases if c.label]
+    if not ds.allow_missing_phases:
+        return cases
+    return [c for c in cases if set(phases) & set(ds.present_phases(c))]
+
+
 def cached_items(
-    ds: NnUNetDataset, cache_root: Path, config: PreprocessConfig, workers: int, progress: bool
+    ds: NnUNetDataset,
+    cache_root: Path,
+    config: PreprocessConfig,
+    workers: int,
+    progress: bool,
+    cases: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Preprocess every case (a no-op when cached) and return trainer items keyed by case id."""
-    stats = preprocess_dataset(ds.root, cache_root, config, workers=workers, progress=progress)
+    """Preprocess every case (or `cases`; a no-op when cached) and return trainer items keyed by
+    case id; `present` marks, per input phase, whether the study has it (missing phases allowed)."""
+    stats = preprocess_dataset(
+        ds.root, cache_root, config, workers=workers, progress=progress, cases=cases
+    )
     cache = PreprocessCache(cache_root)
+    phases = list(config.phases or ds.phases)
     items = {}
     for rec in ds.cases:
+        if rec.case_id not in stats["keys"]:
+            continue
         entry = cache.entry_dir(stats["keys"][rec.case_id])
         mask = entry / "mask.npy"
         items[rec.case_id] = {
@@ -128,6 +160,9 @@ def cached_items(
             "image": str(entry / "image.npy"),
             "mask": str(mask) if mask.is_file() else None,
         }
+        if ds.allow_missing_phases:
+            have = set(ds.present_phases(rec.case_id))
+            items[rec.case_id]["present"] = [p in have for p in phases]
     return items
 
 
@@ -201,6 +236,8 @@ class OutOfFold:
     probs: dict[str, np.ndarray]
     lesion: dict[str, np.ndarray]
     fold: dict[str, int]
+    # per-slice class probabilities (D, K) of a slice-wise model
+    slices: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def write_oof_report(
@@ -227,8 +264,11 @@ def write_oof_report(
         probs=np.stack([oof.probs[c] for c in order]),
         class_names=list(class_names),
     )
+    staging, sections = staging_results(
+        out, ds.ordinal, items, oof.slices, oof.fold, preds, n_boot, seed
+    )
     seg_ids = [c for c in order if oof.lesion.get(c) is not None]
-    extra, sections = evaluate_segmentation(
+    extra, seg_sections = evaluate_segmentation(
         out,
         ds,
         [items[c] for c in seg_ids],
@@ -236,6 +276,8 @@ def write_oof_report(
         [oof.fold[c] for c in seg_ids],
         n_boot,
     )
+    extra = {**(extra or {}), **staging}
+    sections = [*sections, *seg_sections]
     metrics = write_cv_report(
         out,
         preds,
@@ -282,7 +324,7 @@ def run_cv(
     ds = open_dataset(dataset)
     out = Path(out)
     exp = make_experiment(ds, seed=seed, **exp_kwargs)
-    ids = [c.case_id for c in ds.cases]
+    ids = experiment_cases(ds, exp.phases)
     # Folds first: a fold count the data cannot support fails before any preprocessing.
     fold_list = patient_folds(
         ids,
@@ -292,9 +334,9 @@ def run_cv(
         seed=seed,
     )
     cache_dir = Path(cache_root) if cache_root else out / "cache"
-    items = cached_items(ds, cache_dir, exp.preprocess, workers, progress)
+    items = cached_items(ds, cache_dir, exp.preprocess, workers, progress, cases=ids)
     write_splits(out / "splits.json", fold_list)
-    case_fold, probs_by_case, lesion_by_case = {}, {}, {}
+    case_fold, probs_by_case, lesion_by_case, slices_by_case = {}, {}, {}, {}
     for k, fold in enumerate(fold_list):
         trainer = _fit_fold(
             exp,
@@ -311,14 +353,17 @@ def run_cv(
             probs, lesion = trainer.predict(test_items, return_lesion_prob=True)
             lesion_by_case.update(zip(fold["test"], lesion, strict=True))
         else:
-            probs = trainer.predict(test_items)
+            probs, slices = trainer.predict(test_items, return_slice_prob=True)
+            slices_by_case.update(
+                (c, q) for c, q in zip(fold["test"], slices, strict=True) if q is not None
+            )
         for c, p in zip(fold["test"], probs, strict=True):
             case_fold[c], probs_by_case[c] = k, p
     metrics, preds = write_oof_report(
         out,
         ds,
         items,
-        OutOfFold(probs_by_case, lesion_by_case, case_fold),
+        OutOfFold(probs_by_case, lesion_by_case, case_fold, slices_by_case),
         exp.class_names,
         title=f"{exp.model}: {folds}-fold patient-level cross-validation",
         model=exp.model,
@@ -349,9 +394,14 @@ def run_train(
     ds = open_dataset(dataset)
     out = Path(out)
     exp = make_experiment(ds, seed=seed, **exp_kwargs)
+    ids = experiment_cases(ds, exp.phases)
     items = cached_items(
-        ds, Path(cache_root) if cache_root else out / "cache", exp.preprocess, workers, progress
+        ds,
+        Path(cache_root) if cache_root else out / "cache",
+        exp.preprocess,
+        workers,
+        progress,
+        cases=ids,
     )
-    ids = [c.case_id for c in ds.cases]
     trainer = _fit_fold(exp, ds, items, ids, out, {"fold": None, "test": []}, resume, progress)
     return {"bundle": str(trainer.bundle_dir)}

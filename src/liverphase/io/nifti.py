@@ -153,6 +153,20 @@ class NnUNetDataset:
         self.reference_phase: str = (
             ref if ref in self.phases else self.phases[len(self.phases) // 2]
         )
+        # Wave 2 keys: "modality" picks the intensity step, "roi" what is cropped (the lesion, or the
+        # organ in labelsTr for whole-liver tasks), "missing_phases": "allow" lets a case lack a
+        # sequence (an MRI study often has T1W or T2W only), "ordinal": the classes are ordered stages
+        self.modality: str = _modality(self.meta.get("modality", "CT"), meta_path)
+        self.roi: str = str(self.meta.get("roi", "lesion"))
+        if self.roi not in ("lesion", "organ"):
+            raise DatasetError(f"'roi' must be 'lesion' or 'organ', got {self.roi!r}", meta_path)
+        missing = self.meta.get("missing_phases", "error")
+        if missing not in ("error", "allow"):
+            raise DatasetError(
+                f"'missing_phases' must be 'error' or 'allow', got {missing!r}", meta_path
+            )
+        self.allow_missing_phases: bool = missing == "allow"
+        self.ordinal: bool = bool(self.meta.get("ordinal", False))
         self.cases: list[CaseRecord] = read_cases_csv(self.root / CASES_CSV)
         self._by_id = {c.case_id: c for c in self.cases}
         names = self.meta.get("class_names")
@@ -186,10 +200,25 @@ class NnUNetDataset:
         return path if path.is_file() else None
 
     def case_files(self, case_id: str) -> list[Path]:
-        """Every file a case is read from (phases, mask, and cases.csv for label and bbox)."""
+        """Every file a case is read from (phases, mask, and cases.csv for label and bbox); a phase
+        the dataset allows to be missing is listed only when its file exists."""
         files = list(self.image_paths(case_id).values())
+        if self.allow_missing_phases:
+            files = [f for f in files if f.is_file()]
         label = self.label_path(case_id)
         return files + ([label] if label else [])
+
+    def present_phases(self, case_id: str) -> list[str]:
+        """The phases whose files exist for a case, in dataset order."""
+        return [p for p, path in self.image_paths(case_id).items() if path.is_file()]
+
+    def case_reference_phase(self, case_id: str) -> str:
+        """The phase a case's mask and bbox live on: the dataset's reference phase, or (when the
+        case lacks it and missing phases are allowed) its first present phase in dataset order."""
+        present = self.present_phases(case_id)
+        if self.reference_phase in present or not self.allow_missing_phases or not present:
+            return self.reference_phase
+        return present[0]
 
     @property
     def class_index(self) -> dict[str, int]:
@@ -201,15 +230,24 @@ class NnUNetDataset:
         """Read one case into a Study, checking files, grids and the mask."""
         rec = self.case(case_id)
         phases: dict[str, sitk.Image] = {}
-        for phase, path in self.image_paths(case_id).items():
+        paths = self.image_paths(case_id)
+        for phase, path in paths.items():
             if not path.is_file():
+                if self.allow_missing_phases:
+                    continue
                 raise InputFileError(f"missing phase {phase} of case {case_id!r}", path)
             phases[phase] = read_image(path)
+        if not phases:
+            raise InputFileError(
+                f"case {case_id!r} has none of the phases {self.phases}",
+                next(iter(paths.values())),
+            )
+        reference = self.case_reference_phase(case_id)
         mask = None
         label_path = self.label_path(case_id)
         if label_path is not None:
             mask = read_image(label_path)
-            check_mask(mask, phases[self.reference_phase], label_path, self.reference_phase)
+            check_mask(mask, phases[reference], label_path, reference)
         elif rec.bbox is None and require_roi:
             raise DatasetError(
                 f"case {case_id!r} has neither a mask in labelsTr/ nor a bbox in cases.csv",
@@ -223,10 +261,10 @@ class NnUNetDataset:
             mask=mask,
             label=rec.label,
             bbox=rec.bbox,
-            reference_phase=self.reference_phase,
+            reference_phase=reference,
             metadata={"dataset": str(self.root), "extra": dict(rec.extra), "grids": grids},
             sources={
-                "images": list(self.image_paths(case_id).values()),
+                "images": [paths[p] for p in phases],
                 "mask": [label_path] if label_path else [],
             },
         )
@@ -251,6 +289,16 @@ class NnUNetDataset:
                 )
             )
         return found
+
+
+def _modality(value: object, path: Path) -> str:
+    """dataset.json's modality ("CT", "MR"/"MRI", any case) as the preprocessing's "ct" or "mri"."""
+    text = str(value).strip().upper()
+    if text == "CT":
+        return "ct"
+    if text in ("MR", "MRI"):
+        return "mri"
+    raise DatasetError(f"'modality' must be 'CT' or 'MR', got {value!r}", path)
 
 
 def check_mask(mask: sitk.Image, reference: sitk.Image, path: Path, reference_phase: str) -> None:
@@ -285,8 +333,10 @@ class NnUNetWriter:
         labels: dict[str, int] | None = None,
         class_names: Sequence[str] | None = None,
         extra_json: dict[str, Any] | None = None,
+        allow_missing: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.allow_missing = allow_missing
         self.phases = list(phases)
         self.reference_phase = reference_phase
         self.labels = dict(labels or {"background": 0, "lesion": 1})
@@ -305,9 +355,11 @@ class NnUNetWriter:
                 f"case id {study.case_id!r} must be letters, digits, '_', '-', '.'", self.root
             )
         missing = [p for p in self.phases if p not in study.phases]
-        if missing:
+        if missing and (not self.allow_missing or len(missing) == len(self.phases)):
             raise DatasetError(f"study {study.case_id!r} lacks phase(s) {missing}", self.root)
         for k, phase in enumerate(self.phases):
+            if phase not in study.phases:
+                continue  # a missing sequence is an absent file (dataset.json allows it)
             path = self.root / "imagesTr" / f"{study.case_id}_{k:04d}.nii.gz"
             write_image(flip_storage(study.phases[phase], flip_axes), path)
         if study.mask is not None:
@@ -337,6 +389,8 @@ class NnUNetWriter:
         }
         if self.class_names:
             meta["class_names"] = self.class_names
+        if self.allow_missing:
+            meta["missing_phases"] = "allow"
         meta.update(self.extra_json)
         atomic_write_json(self.root / "dataset.json", meta)
         write_cases_csv(self.root / CASES_CSV, self.records)

@@ -2,11 +2,13 @@
 
 The residual block uses torchvision's parameter names (conv1, bn1, conv2, bn2, downsample.0/.1) so
 torchvision, timm and MedicalNet ResNet weights map onto our encoders by key (see pretrained.py).
+Also vector-level blocks: a per-vector channel gate, gated attention pooling over a bag (slices) and the
+projection of several stages' pooled features into one vector (multi-scale features).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -94,3 +96,71 @@ def phase_mean(f: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return f.mean(dim=1)
     w = mask.to(f.dtype).view(*mask.shape, *([1] * (f.ndim - 2)))
     return (f * w).sum(dim=1) / w.sum(dim=1)
+
+
+class ChannelGate(nn.Module):
+    """Squeeze-excitation-style gate on feature vectors: f (..., F) → sigmoid(MLP(f)) ⊙ f.
+
+    The MLP is F → max(F // reduction, 8) → F with a ReLU between; a model keeps one gate per phase
+    or sequence to re-weight shared features with that sequence's own channel preferences.
+    """
+
+    def __init__(self, features: int, reduction: int = 4) -> None:
+        super().__init__()
+        hidden = max(features // reduction, 8)
+        self.fc1 = nn.Linear(features, hidden)
+        self.fc2 = nn.Linear(hidden, features)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        """Gated features, same shape as f."""
+        return torch.sigmoid(self.fc2(torch.relu(self.fc1(f)))) * f
+
+
+class GatedAttentionPool(nn.Module):
+    """Gated attention MIL pooling (Ilse et al. 2018) over a bag axis: (N, S, F) → (N, F), (N, S).
+
+    a_s = softmax_s(wᵀ(tanh(V h_s) ⊙ sigmoid(U h_s))); pooled = Σ_s a_s h_s.
+    """
+
+    def __init__(self, features: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.V = nn.Linear(features, hidden)
+        self.U = nn.Linear(features, hidden)
+        self.w = nn.Linear(hidden, 1)
+
+    def weights(self, h: torch.Tensor) -> torch.Tensor:
+        """Attention weights (N, S), summing to one over S."""
+        scores = self.w(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h))).squeeze(-1)
+        return scores.softmax(dim=-1)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Instances (N, S, F) → pooled (N, F), weights (N, S)."""
+        a = self.weights(h)
+        return torch.einsum("ns,nsf->nf", a, h), a
+
+
+class MultiScaleProjection(nn.Module):
+    """Pooled vectors of several encoder stages (N, C_i) → one feature (N, F).
+
+    Each stage's vector gets its own linear projection to F and LayerNorm (deeper stages have other
+    magnitudes; LayerNorm works per vector, so samples never mix), then the sum goes through a ReLU.
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_features: int) -> None:
+        super().__init__()
+        self.proj = nn.ModuleList(
+            nn.Sequential(nn.Linear(c, out_features), nn.LayerNorm(out_features))
+            for c in in_channels
+        )
+        self.out_features = out_features
+
+    def forward(self, pooled: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One (N, C_i) per stage, in the order of `in_channels` → (N, F)."""
+        if len(pooled) != len(self.proj):
+            raise ValueError(f"expected {len(self.proj)} pooled stages, got {len(pooled)}")
+        return torch.relu(sum(p(v) for p, v in zip(self.proj, pooled, strict=True)))
+
+
+def global_average(feature_map: torch.Tensor) -> torch.Tensor:
+    """Mean over every spatial axis: (N, C, *spatial) → (N, C)."""
+    return feature_map.flatten(2).mean(dim=2)

@@ -1,7 +1,10 @@
 """Classifier heads: per-phase heads, the multi-task mix of MIFF+SPM's outputs, and the
-lesion-pooled head of the segmenting models (with an optional region-enhancement reading)."""
+lesion-pooled head of the segmenting models (with an optional region-enhancement reading), and the
+ordinal (cumulative-link) head for ordered classes."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -199,3 +202,70 @@ class LesionPooledHead(nn.Module):
             pooled.append(regions.to(deep.dtype))
         features = torch.cat(pooled, dim=1)
         return features, self.fc(self.dropout(features))
+
+
+def _log1mexp(d: torch.Tensor) -> torch.Tensor:
+    """log(1 − exp(−d)) for d > 0, accurate for small and large d.
+
+    Below ln 2 as log tanh(d/2) + log(1 + e^{−d}) (1 − e^{−d} = tanh(d/2)·(1 + e^{−d})), as accurate
+    as log(−expm1(−d)) but made of operators ONNX exports (it has no Expm1); from ln 2 on as
+    log1p(−e^{−d}).
+    """
+    # each branch sees only inputs valid for it, so the unused one has no inf to turn the gradient NaN
+    ln2 = math.log(2.0)
+    small = d < ln2
+    near = torch.where(small, d, torch.full_like(d, ln2))
+    far = torch.where(small, torch.full_like(d, ln2), d)
+    near_value = torch.log(torch.tanh(near / 2)) + torch.log1p(torch.exp(-near))
+    return torch.where(small, near_value, torch.log1p(-torch.exp(-far)))
+
+
+class OrdinalHead(nn.Module):
+    """Cumulative-link (proportional-odds) classifier for K ordered classes: (..., F) → (..., K).
+
+    One score s = w·z (no bias: the thresholds absorb it) and K − 1 ordered thresholds
+    θ_k = θ_1 + Σ_{j<k} softplus(δ_j), so P(y > k) = σ(s − θ_k) is non-increasing in k for every input
+    (rank-consistent, as CORAL). The output is log P(y = k):
+    [log σ(θ_1 − s), log(σ(s − θ_1) − σ(s − θ_2)), ..., log σ(s − θ_{K−1})], each middle term in log
+    space as log σ(a) + log σ(−b) + log(1 − e^{−(a − b)}) with a − b = softplus(δ) (clamped at the
+    dtype's smallest normal number, so an underflowing gap gives a very small probability, not log 0),
+    so softmax(output) is the class distribution and cross-entropy on the output is the
+    cumulative-link negative log-likelihood. The thresholds start at logit(k/K): equal class
+    probabilities at s = 0.
+    """
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"an ordinal head needs >= 2 classes, got {num_classes}")
+        self.num_classes = num_classes
+        self.fc = nn.Linear(in_features, 1, bias=False)
+        theta = torch.logit(torch.arange(1, num_classes, dtype=torch.float32) / num_classes)
+        self.theta1 = nn.Parameter(theta[:1].clone())
+        # inverse softplus of the initial gaps; no parameter at all for two classes (one threshold)
+        self.gaps = nn.Parameter(torch.log(torch.expm1(theta.diff()))) if num_classes > 2 else None
+
+    def thresholds(self) -> torch.Tensor:
+        """θ_1 ≤ ... ≤ θ_{K−1}, shape (K − 1,)."""
+        if self.gaps is None:
+            return self.theta1
+        return torch.cat([self.theta1, self.theta1 + torch.cumsum(F.softplus(self.gaps), 0)])
+
+    def score(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent score s = w·z: (..., F) → (...)."""
+        return self.fc(z).squeeze(-1)
+
+    def log_probs(self, s: torch.Tensor) -> torch.Tensor:
+        """Scores (...) → log class probabilities (..., K)."""
+        t = s.unsqueeze(-1) - self.thresholds()  # s − θ_k, decreasing in k
+        parts = [F.logsigmoid(-t[..., :1])]
+        if self.gaps is not None:
+            gap = F.softplus(self.gaps)
+            gap = gap.clamp_min(torch.finfo(gap.dtype).tiny)
+            parts.append(F.logsigmoid(t[..., :-1]) + F.logsigmoid(-t[..., 1:]) + _log1mexp(gap))
+        parts.append(F.logsigmoid(t[..., -1:]))
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Features (..., F) → log P(y = k) (..., K), used as logits."""
+        return self.log_probs(self.score(z))

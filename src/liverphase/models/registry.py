@@ -20,6 +20,9 @@ class ModelOutput:
     features: torch.Tensor  # (B, F)
     phase_logits: torch.Tensor | None = None  # (B, P, K)
     seg_logits: torch.Tensor | None = None  # (B, S, D, H, W)
+    # per-slice class logits of a slice-wise model (B, D, K): the logits each slice alone gives, for
+    # per-slice accuracy beside per-scan (the seed studies of cirrhosis staging score slices)
+    slice_logits: torch.Tensor | None = None
 
 
 class MultiPhaseModel(nn.Module):
@@ -60,7 +63,7 @@ class MultiPhaseModel(nn.Module):
 _REGISTRY: dict[str, Callable[..., MultiPhaseModel]] = {}
 _INFO: dict[str, dict[str, Any]] = {}
 # Modules that register models when imported; a new architecture adds its file here once.
-_MODEL_MODULES = ("miff_spm", "baselines", "std_net", "cirrhosis")
+_MODEL_MODULES = ("miff_spm", "baselines", "std_net", "cirrhosis_msa")
 
 
 def register_model(

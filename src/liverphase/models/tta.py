@@ -8,6 +8,7 @@ training set leaves in the decision function. Segmentation outputs are flipped b
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,14 +24,25 @@ def flip_combinations(axes: tuple[int, ...]) -> list[tuple[int, ...]]:
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
-def predict_with_flips(
+@dataclass
+class FlipAverage:
+    """Outputs averaged over flipped views: class probabilities (B, K), mask logits
+    (B, S, D, H, W) and per-slice class probabilities (B, D, K), each flipped back first."""
+
+    probs: torch.Tensor
+    seg_logits: torch.Tensor | None = None
+    slice_probs: torch.Tensor | None = None
+
+
+def flip_average(
     model: MultiPhaseModel, x: torch.Tensor, axes: tuple[int, ...] = (), **kwargs: Any
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Class probabilities (B, K) and lesion-mask logits averaged over flips of spatial `axes`."""
+) -> FlipAverage:
+    """Every output of `model` averaged over the flips of spatial `axes` (see `FlipAverage`)."""
     if any(a not in _INPUT_AXIS for a in axes):
         raise ValueError(f"flip axes must be among 0 (D), 1 (H), 2 (W); got {axes}")
     probs: torch.Tensor | None = None
     seg: torch.Tensor | None = None
+    slices: torch.Tensor | None = None
     views = flip_combinations(tuple(axes))
     for combo in views:
         dims = [_INPUT_AXIS[a] for a in combo]
@@ -42,9 +54,26 @@ def predict_with_flips(
             s = out.seg_logits.float()
             s = s.flip([a + 2 for a in combo]) if combo else s
             seg = s if seg is None else seg + s
+        if out.slice_logits is not None:
+            # (B, D, K): only a flip of D (axis 0) reorders the slices
+            q = out.slice_logits.float().softmax(dim=-1)
+            q = q.flip(1) if 0 in combo else q
+            slices = q if slices is None else slices + q
     assert probs is not None
     n = float(len(views))
-    return probs / n, (seg / n if seg is not None else None)
+    return FlipAverage(
+        probs / n,
+        seg / n if seg is not None else None,
+        slices / n if slices is not None else None,
+    )
+
+
+def predict_with_flips(
+    model: MultiPhaseModel, x: torch.Tensor, axes: tuple[int, ...] = (), **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Class probabilities (B, K) and lesion-mask logits averaged over flips of spatial `axes`."""
+    avg = flip_average(model, x, axes, **kwargs)
+    return avg.probs, avg.seg_logits
 
 
 def lesion_probability(seg_logits: torch.Tensor) -> torch.Tensor:

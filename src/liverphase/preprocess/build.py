@@ -26,11 +26,14 @@ from liverphase.preprocess.config import PreprocessConfig
 def _case_extra(ds: NnUNetDataset, case_id: str) -> dict[str, Any]:
     # what besides file content shapes the result: phase names per file, reference, csv bbox
     rec = ds.case(case_id)
-    return {
+    extra: dict[str, Any] = {
         "phases": ds.phases,
-        "reference_phase": ds.reference_phase,
+        "reference_phase": ds.case_reference_phase(case_id),
         "bbox": list(rec.bbox) if rec.bbox else None,
     }
+    if ds.allow_missing_phases:
+        extra["phases_present"] = ds.present_phases(case_id)
+    return extra
 
 
 def _worker_init(threads: int) -> None:

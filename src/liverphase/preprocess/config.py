@@ -10,6 +10,8 @@ from liverphase.config import ConfigBase
 from liverphase.errors import ConfigError
 
 MODALITIES = ("ct", "mri")
+ROIS = ("lesion", "organ")
+MISSING_PHASES = ("error", "zero")
 ROI_SOURCES = ("mask", "bbox", "mask_jitter", "image")
 TRANSFORMS = ("rigid", "affine")
 MRI_NORMS = ("percentile", "zscore")
@@ -73,6 +75,12 @@ class PreprocessConfig(ConfigBase):
     # `region_kinetics`): the cache is unchanged (the mask is cached beside the image) and the channel
     # is added where batches are made (`data.dataset`, `inference.predictor`)
     roi_channel: bool = False
+    # "organ": the mask is an organ (the whole liver, for staging), not a lesion: the crop frames it
+    # and no lesion kinetics are measured
+    roi: str = "lesion"
+    # "zero": a phase the study lacks becomes a zero channel and `meta.phases_present` marks it
+    # absent (models with a phase mask then leave it out); "error": a missing phase is an error
+    missing_phases: str = "error"
 
     def validate(self) -> None:
         """Check every value; raise ConfigError naming the field."""
@@ -81,6 +89,8 @@ class PreprocessConfig(ConfigBase):
         _choice("register_transform", self.register_transform, TRANSFORMS)
         _choice("mri_norm", self.mri_norm, MRI_NORMS)
         _choice("intensity_reference", self.intensity_reference, INTENSITY_REFERENCES)
+        _choice("roi", self.roi, ROIS)
+        _choice("missing_phases", self.missing_phases, MISSING_PHASES)
         if self.intensity_reference == "liver" and (
             self.margin_mm <= 0 or self.roi_source == "image"
         ):
@@ -143,6 +153,10 @@ class PreprocessConfig(ConfigBase):
         `roi_channel` never changes the cached arrays and is always left out."""
         data = self.to_dict()
         del data["roi_channel"]
+        # fields added later are left out at their defaults so earlier cache entries stay valid
+        for name, default in (("roi", "lesion"), ("missing_phases", "error")):
+            if data[name] == default:
+                del data[name]
         if self.intensity_reference == "absolute":
             del data["intensity_reference"], data["liver_anchor"]
         return data

@@ -126,14 +126,15 @@ def map_to_reference(
     return to_reference_grid(array, meta["crop"], reference, interpolator)
 
 
-def _phase_order(study: Study, config: PreprocessConfig) -> list[str]:
+def _phase_order(study: Study, config: PreprocessConfig) -> tuple[list[str], list[str]]:
+    """(the phases of the model input, those of them the study has)."""
     phases = list(config.phases) if config.phases else study.phase_names
     missing = [p for p in phases if p not in study.phases]
-    if missing:
+    if missing and (config.missing_phases == "error" or len(missing) == len(phases)):
         raise DatasetError(
             f"case {study.case_id!r} lacks phase(s) {missing} (has {study.phase_names})"
         )
-    return phases
+    return phases, [p for p in phases if p in study.phases]
 
 
 def _register_all(
@@ -214,7 +215,7 @@ def preprocess_study(
         timings[name] = round(now - tick, 4)
         tick = now
 
-    phases = _phase_order(study, config)
+    all_phases, phases = _phase_order(study, config)
     needed = dict.fromkeys([*phases, study.reference_phase])
     canon = {p: to_canonical(study.phases[p]) for p in needed}
     lap("canonical")
@@ -265,10 +266,14 @@ def preprocess_study(
                 offset, scale, clip = 0.0, 2.0 * ref, True
                 norm[p] = {"offset": offset, "scale": scale, "liver_ring": ref}
             channels.append(mri_channel(raw[p], offset, scale, clip=clip))
+    if len(phases) < len(all_phases):  # absent phases: zero channels, marked in the meta
+        by_phase = dict(zip(phases, channels, strict=True))
+        channels = [by_phase.get(p, np.zeros_like(channels[0])) for p in all_phases]
+        warnings.append(f"phase(s) {[p for p in all_phases if p not in phases]} absent: zeros")
     image = np.ascontiguousarray(np.stack(channels), dtype=np.float32)
     lap("intensity")
     kinetics = None
-    if mask is not None and mask.any():
+    if mask is not None and mask.any() and config.roi == "lesion":
         # the unjittered lesion box is the mask's box whenever the crop came from the mask
         mask_box = (
             lesion if used == "mask" else box_from_mask(study.mask, frame_of(study.reference))
@@ -281,7 +286,8 @@ def preprocess_study(
         raise GeometryError(f"case {study.case_id!r}: preprocessing produced non-finite values")
     meta = {
         "case_id": study.case_id,
-        "phases": phases,
+        "phases": all_phases,
+        "phases_present": [p in phases for p in all_phases],
         "reference_phase": study.reference_phase,
         "modality": config.modality,
         "shape": list(image.shape),

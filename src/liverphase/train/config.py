@@ -13,6 +13,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("step", "cosine", "none")
 CLASS_WEIGHTS = ("none", "balanced")
 SELECT_METRICS = ("auc", "dice", "loss")
+LOSSES = ("ce", "coral")
 AMP_MODES = ("auto", "off")
 
 
@@ -53,6 +54,9 @@ class TrainConfig(ConfigBase):
     seg_weight: float = 1.0
     cls_weight: float = 1.0
     head_lr_scale: float = 1.0
+    # the class term: cross-entropy, or CORAL's ordinal loss for ordered classes (stages), read
+    # from the same logits (train.losses.coral_loss_from_logits)
+    loss: str = "ce"
 
     def validate(self) -> None:
         """Check choices and ranges; raise ConfigError naming the field."""
@@ -62,6 +66,7 @@ class TrainConfig(ConfigBase):
             ("class_weights", CLASS_WEIGHTS),
             ("select_metric", SELECT_METRICS),
             ("amp", AMP_MODES),
+            ("loss", LOSSES),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(

@@ -68,8 +68,65 @@ def training_loss(
     cls_weight: float = 1.0,
     mtl_lambda: float | None = None,
     class_weights: torch.Tensor | None = None,
+    loss: str = "ce",
 ) -> torch.Tensor:
-    """The trainer's loss: the joint loss when the model segments and a mask is given, else Eq. 2."""
+    """The trainer's loss: the joint loss when the model segments and a mask is given, else Eq. 2;
+    `loss="coral"` replaces the cross-entropy of a classifier by CORAL's ordinal loss on the same
+    logits (ordered classes: a two-stage error costs more than a one-stage error)."""
     if output.seg_logits is not None and mask is not None:
         return joint_seg_cls_loss(output, target, mask, seg_weight, cls_weight)
+    if loss == "coral":
+        return coral_loss_from_logits(output.logits, target)
+    if loss != "ce":
+        raise ValueError(f"loss must be 'ce' or 'coral', got {loss!r}")
     return multitask_loss(output, target, mtl_lambda, class_weights=class_weights)
+
+
+# ---------------------------------------------------------------- ordinal (CORAL) loss
+# CORAL (Cao, Mirjalili & Raschka 2020) trains K − 1 binary tasks "is y > k?". Reading any
+# classifier's K logits as an ordinal model gives those tasks' probabilities without a new head:
+# P(y > k) = Σ_{j>k} softmax(logits)_j, so the loss rewards getting the stage order right, and a
+# prediction two stages off fails two tasks where one stage off fails one.
+
+
+def ordinal_levels(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, K − 1) float levels 1(y > k) for k = 0..K−2 (coral_pytorch's extended binary labels)."""
+    t = target.long()
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+        raise ValueError(f"targets must lie in 0..{num_classes - 1}")
+    ks = torch.arange(num_classes - 1, device=t.device)
+    return (t.unsqueeze(1) > ks).float()
+
+
+def cumulative_log_probs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log P(y > k), log P(y ≤ k)), each (B, K − 1), from class logits, stably (log-sum-exp)."""
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(f"need logits (B, K) with K ≥ 2, got {tuple(logits.shape)}")
+    total = torch.logsumexp(logits, dim=1, keepdim=True)
+    below = torch.logcumsumexp(logits, dim=1)  # log Σ_{j≤k}
+    above = torch.logcumsumexp(logits.flip(1), dim=1).flip(1)  # log Σ_{j≥k}
+    return above[:, 1:] - total, below[:, :-1] - total
+
+
+def coral_loss_from_logits(
+    logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """CORAL loss of class logits: −Σ_k [1(y>k)·log P(y>k) + 1(y≤k)·log P(y≤k)], mean over the batch.
+
+    P(y > k) = Σ_{j>k} softmax(logits)_j. Logits that are log class probabilities (a
+    cumulative-link head's output) give the same loss, since softmax leaves them unchanged. Equals
+    `coral_pytorch.losses.coral_loss(log P(y>k) − log P(y≤k), levels)`: summed over the K − 1
+    tasks, averaged over the batch. `reduction` is "mean", "sum" or "none" (per-sample (B,)).
+    """
+    log_gt, log_le = cumulative_log_probs(logits)
+    above = ordinal_levels(target, logits.shape[1]).bool()
+    # where, not levels·a + (1 − levels)·b: a log-probability head may hold −inf for an empty
+    # class, and 0·(−inf) would turn the unselected term into NaN.
+    per_sample = -torch.where(above, log_gt, log_le).sum(dim=1)
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "none":
+        return per_sample
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")

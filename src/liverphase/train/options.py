@@ -68,10 +68,11 @@ def experiment_kwargs(
     in_channels: int = 3,
     option: list[str] | None = None,
     no_register: bool = False,
+    loss: str | None = None,
 ) -> dict[str, Any]:
     """Profile + YAML config + explicit flags (flags win) into make_experiment's keyword arguments."""
     shared = config_overrides(config, option, no_register)
-    flags = (("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
+    flags = (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("loss", loss))
     shared.update({k: v for k, v in flags if v is not None})
     return {
         "model": model,

@@ -25,8 +25,8 @@ from tqdm import tqdm
 from liverphase.data.augment import Augmenter
 from liverphase.data.dataset import CachedStudyDataset, model_kwargs
 from liverphase.errors import ConfigError
-from liverphase.models.registry import ModelOutput, MultiPhaseModel
-from liverphase.models.tta import lesion_probability, predict_with_flips
+from liverphase.models.registry import ModelOutput, MultiPhaseModel, accepts_phase_mask
+from liverphase.models.tta import flip_average, lesion_probability
 from liverphase.train.bundle import save_bundle, state_tensors
 from liverphase.train.config import TrainConfig
 from liverphase.train.distributed import barrier, gather_objects, is_main, rank_world
@@ -222,7 +222,7 @@ class Trainer:
         for batch in bar:
             x = batch["image"].to(self.device, non_blocking=True)
             with self._autocast():
-                loss = self._loss(net(x, **model_kwargs(batch, self.device)), batch)
+                loss = self._loss(net(x, **self._kwargs(batch)), batch)
             if not torch.isfinite(loss.detach()):
                 raise ConfigError(
                     f"training diverged: loss {float(loss.detach())} in epoch {epoch + 1}; "
@@ -249,6 +249,11 @@ class Trainer:
         sums = gather_objects((total, seen))
         total, seen = sum(s[0] for s in sums), sum(s[1] for s in sums)
         return total / max(seen, 1), seen, time.perf_counter() - start
+
+    def _kwargs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The batch's phase mask for a model that takes one (absent phases, phase dropout)."""
+        takes = self.model is not None and accepts_phase_mask(self.model)
+        return model_kwargs(batch, self.device, phase_mask=takes)
 
     def _clip(self, net: torch.nn.Module) -> None:
         if self.config.grad_clip > 0:
@@ -281,13 +286,20 @@ class Trainer:
             cfg.cls_weight,
             cfg.mtl_lambda,
             self.class_weights,
+            cfg.loss,
         )
 
     # ----------------------------------------------------------- evaluation
     def _evaluate(
-        self, dataset: CachedStudyDataset, with_loss: bool = False, with_lesion: bool = False
+        self,
+        dataset: CachedStudyDataset,
+        with_loss: bool = False,
+        with_lesion: bool = False,
+        with_slices: bool = False,
     ) -> tuple[dict[str, float], np.ndarray, list[np.ndarray] | None]:
-        """Metrics, probabilities (N, K) in item order, and lesion probabilities, gathered over ranks."""
+        """Metrics, probabilities (N, K) in item order, and lesion probabilities (or, with
+        `with_slices`, per-slice class probabilities (D, K) of a slice-wise model), gathered over
+        ranks."""
         if self.model is None:
             raise RuntimeError("Trainer.predict needs a trained model: call fit() first")
         model = self.model
@@ -301,19 +313,22 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             for batch in loader:
                 x = batch["image"].to(self.device)
+                kwargs = self._kwargs(batch)
                 if axes:
                     out = None
-                    p, seg = predict_with_flips(model, x, axes)
+                    avg = flip_average(model, x, axes, **kwargs)
+                    p, seg, slices = avg.probs, avg.seg_logits, avg.slice_probs
                 else:
-                    out = model(x)
+                    out = model(x, **kwargs)
                     p, seg = torch.softmax(out.logits.float(), dim=1), out.seg_logits
+                    slices = None if out.slice_logits is None else out.slice_logits.softmax(-1)
                 probs = p.cpu().numpy()
                 dice = mask_dice(seg, batch["mask"], batch["has_mask"]) if with_loss else None
-                lesion = (
-                    lesion_probability(seg).float().cpu().numpy()
-                    if with_lesion and seg is not None
-                    else None
-                )
+                lesion = None
+                if with_lesion and seg is not None:
+                    lesion = lesion_probability(seg).float().cpu().numpy()
+                elif with_slices and slices is not None:
+                    lesion = slices.float().cpu().numpy()
                 for i, idx in enumerate(batch["index"].tolist()):
                     loss = math.nan
                     if with_loss and out is not None:
@@ -331,17 +346,25 @@ class Trainer:
         dice = [merged[i][4] for i in order if not math.isnan(merged[i][4])]
         if dice:
             metrics["dice"] = float(np.mean(dice))
-        lesions = [merged[i][3] for i in order] if with_lesion else None
+        lesions = [merged[i][3] for i in order] if with_lesion or with_slices else None
         return metrics, probs, lesions
 
     def predict(
-        self, items: Sequence[dict[str, Any]], return_lesion_prob: bool = False
+        self,
+        items: Sequence[dict[str, Any]],
+        return_lesion_prob: bool = False,
+        return_slice_prob: bool = False,
     ) -> np.ndarray | tuple[np.ndarray, list[np.ndarray | None]]:
         """Class probabilities (N, K) in the order of `items` (and each lesion probability map,
-        float32 on the crop grid, None without a segmentation head, if asked)."""
+        float32 on the crop grid, None without a segmentation head, if asked; or each study's
+        per-slice class probabilities (D, K), None for a model that does not score slices)."""
         labelled = [{**it, "label": it.get("label") or self.class_names[0]} for it in items]
-        _, probs, lesion = self._evaluate(self._dataset(labelled), with_lesion=return_lesion_prob)
-        return (probs, lesion) if return_lesion_prob else probs
+        _, probs, extra = self._evaluate(
+            self._dataset(labelled),
+            with_lesion=return_lesion_prob,
+            with_slices=return_slice_prob and not return_lesion_prob,
+        )
+        return (probs, extra) if return_lesion_prob or return_slice_prob else probs
 
     def _dataset(
         self, items: Sequence[dict[str, Any]], augment: Augmenter | None = None
