@@ -147,11 +147,15 @@ def test_cases_csv_unknown_case(tiny_dataset: Path) -> None:
     assert any("'c9' has images but no row" in str(p) for p in problems)
 
 
-def test_cases_csv_missing_label(tiny_dataset: Path) -> None:
+def test_cases_csv_empty_label_is_an_unlabeled_case(tiny_dataset: Path) -> None:
     _rewrite_csv(tiny_dataset, lambda lines: [lines[0], "c0,Pc0,,"] + lines[2:])
-    with pytest.raises(DatasetError, match="case 'c0' has no label") as exc:
-        open_dataset(tiny_dataset)
-    assert "cases.csv" in str(exc.value)
+    ds = open_dataset(tiny_dataset)
+    assert ds.case("c0").label is None and ds.load_study("c0").label is None
+    # class names come from the labeled rows; cross-validation leaves the unlabeled one out
+    assert None not in ds.class_names
+    from liverphase.evaluate.cv import experiment_cases
+
+    assert "c0" not in experiment_cases(ds, ds.phases)
 
 
 def test_bad_dataset_json(tiny_dataset: Path) -> None:

@@ -14,6 +14,7 @@ from liverphase.errors import DatasetError, InputFileError
 from liverphase.evaluate.cv import ORGAN_MARGIN_MM, cached_items, experiment_cases, make_experiment
 from liverphase.io.nifti import NnUNetWriter, open_dataset
 from liverphase.io.study import Study
+from liverphase.preprocess.intensity import n4_bias_correct
 
 SEQS = ("T1W", "T2W")
 # case → sequences it has: both, T1W only, T2W only
@@ -127,3 +128,25 @@ def test_single_sequence_experiment_keeps_cases_that_have_it(mr_dataset):
     assert experiment_cases(ds, ["T1W"]) == ["M000", "M001", "M003"]
     assert experiment_cases(ds, ["T2W"]) == ["M000", "M002", "M003"]
     assert experiment_cases(ds, list(SEQS)) == list(HAVE)
+
+
+def test_n4_removes_a_smooth_bias_field():
+    rng = np.random.default_rng(1)
+    z, y, x = np.mgrid[0:32, 0:48, 0:48].astype(np.float32)
+    body = ((z - 16) / 14) ** 2 + ((y - 24) / 20) ** 2 + ((x - 24) / 20) ** 2 < 1
+    truth = np.where(body, 500.0, 0.0).astype(np.float32)
+    bias = 0.6 + 0.8 * x / 47.0  # a coil shading from 0.6 to 1.4 across the image
+    arr = truth * bias + np.abs(rng.normal(0, 5, truth.shape)).astype(np.float32)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((2.0, 2.0, 2.0))
+    out = sitk.GetArrayFromImage(n4_bias_correct(img))
+    inner = body & (((z - 16) / 10) ** 2 + ((y - 24) / 15) ** 2 + ((x - 24) / 15) ** 2 < 1)
+
+    def cv(a: np.ndarray) -> float:
+        return float(a[inner].std() / a[inner].mean())
+
+    assert cv(arr) > 0.1
+    assert cv(out) < 0.5 * cv(arr)
+    # the body's mean signal is kept, so normalisation afterwards sees the same scale
+    assert out[body].mean() == pytest.approx(arr[body].mean(), rel=0.05)
+    assert out.shape == arr.shape

@@ -325,5 +325,7 @@ def test_cli(tmp_path: Path) -> None:
     for bad in (["--healthy", "-2"], ["--dicom", "1"]):
         result = runner.invoke(app, [*args, "--preset", "tiny", *bad])
         assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
-    result = runner.invoke(app, ["synth", str(tmp_path / "d"), "--kind", "mri-dce"])
-    assert result.exit_code == 2 and "mri-dce" in result.output
+    result = runner.invoke(app, ["synth", str(tmp_path / "d"), "--kind", "mri-pet"])
+    assert result.exit_code == 2 and "mri-dce" in result.output  # names the kinds there are
+    result = runner.invoke(app, [*args, "--preset", "tiny", "--unlabeled", "2"])
+    assert result.exit_code == 2 and "mri-dce only" in result.output

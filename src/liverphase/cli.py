@@ -69,9 +69,11 @@ def _staging_text(pooled: dict[str, Any]) -> str:
 def synth(
     out: Path = typer.Argument(..., help="Output folder (an nnU-Net raw dataset + cases.csv)."),
     kind: str = typer.Option(
-        "ct", help="ct (multi-phase CT lesions) or mri-cirrhosis (T1W/T2W cirrhosis stages)."
+        "ct",
+        help="ct (multi-phase CT lesions), mri-cirrhosis (T1W/T2W cirrhosis stages) or mri-dce "
+        "(five-phase DCE-MRI of HCC, proliferative or not).",
     ),
-    cases: int = typer.Option(40, min=1, help="Number of cases."),
+    cases: int = typer.Option(40, min=0, help="Number of (labeled) cases."),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same cohort."),
     classes: int = typer.Option(2, help="ct: 2 (HCC, ICC) or 5 (+ hemangioma, cyst, metastasis)."),
     dicom: int = typer.Option(
@@ -81,13 +83,41 @@ def synth(
     healthy: int = typer.Option(
         0, help="mri-cirrhosis: add N healthy controls (stage 0) to the staged cases."
     ),
+    unlabeled: int = typer.Option(
+        0, min=0, help="mri-dce: also write N studies with an empty label (for pretraining)."
+    ),
+    site: str = typer.Option(
+        "A",
+        help="mri-dce: scanner site A (1.5 T) or B (3 T: other contrast, bias, noise, timing, "
+        "resolution; an external test set).",
+    ),
     preset: str = typer.Option(
         "default", help="Grid preset: default, tiny (tests) or realistic (512² CT)."
     ),
 ) -> None:
-    """Make a synthetic cohort: multi-phase CT lesions, or T1W/T2W MRI of cirrhosis stages."""
+    """Make a synthetic cohort: multi-phase CT lesions, T1W/T2W MRI of cirrhosis stages, or DCE-MRI."""
     from liverphase.errors import ConfigError
 
+    if kind != "mri-dce" and (unlabeled or site.upper() != "A"):
+        raise ConfigError("--unlabeled and --site are available for --kind mri-dce only", "kind")
+    if kind == "mri-dce":
+        from liverphase.synth.mri_dce import synth_dce_cohort
+
+        if healthy:
+            raise ConfigError("--healthy is available for --kind mri-cirrhosis only", "healthy")
+        root = synth_dce_cohort(
+            out,
+            cases=cases,
+            seed=seed,
+            unlabeled=unlabeled,
+            site=site.upper(),
+            dicom=dicom,
+            preset=preset,
+        )
+        typer.echo(
+            f"wrote {cases} labeled and {unlabeled} unlabeled site-{site.upper()} studies to {root}"
+        )
+        return
     if kind == "mri-cirrhosis":
         from liverphase.synth.cirrhosis import synth_cirrhosis_cohort
 
@@ -98,9 +128,9 @@ def synth(
         typer.echo(f"wrote {cases} staged cases{extra} to {root}")
         return
     if kind != "ct":
-        raise ConfigError(
-            f"--kind {kind!r} is not available yet; use --kind ct or --kind mri-cirrhosis"
-        )
+        raise ConfigError(f"unknown --kind {kind!r}; use ct, mri-cirrhosis or mri-dce", "kind")
+    if cases < 1:
+        raise ConfigError("--cases must be at least 1", "cases")
     if healthy:
         raise ConfigError("--healthy is available for --kind mri-cirrhosis only", "healthy")
     from liverphase.synth.ct import synth_ct_cohort

@@ -98,7 +98,7 @@ def evaluate_run(
             raise DatasetError(
                 f"the bundle needs phases {missing} the dataset lacks", ds.root / "dataset.json"
             )
-        unknown = sorted({c.label for c in ds.cases} - set(meta["class_names"]))
+        unknown = sorted({c.label for c in ds.cases if c.label} - set(meta["class_names"]))
         if unknown:
             raise DatasetError(
                 f"labels {unknown} are not classes of the bundle {meta['class_names']}",
@@ -107,8 +107,10 @@ def evaluate_run(
         pre = PreprocessConfig.from_dict(
             meta.get("preprocessing") or {}, source=str(path / "bundle.json")
         )
-        items = cached_items(ds, out / "cache", pre, workers, progress)
-        ids = [c.case_id for c in ds.cases]
+        ids = [c.case_id for c in ds.cases if c.label]  # unlabeled rows cannot be scored
+        if not ids:
+            raise DatasetError("no labeled case to evaluate on", ds.root / "cases.csv")
+        items = cached_items(ds, out / "cache", pre, workers, progress, cases=ids)
         flips = tuple((meta.get("training") or {}).get("tta_flip_axes") or ())
         probs, lesion = predict_items(
             model,

@@ -172,7 +172,9 @@ def report_context(
             "no lesion mask: kinetics use the ellipsoid inscribed in the lesion box"
         )
     kinetics, patterns, raw = None, None, None
-    if mask.any():
+    if config.roi == "organ":
+        pass  # the mask is the organ: lesion-versus-parenchyma kinetics do not apply
+    elif mask.any():
         kinetics, patterns, raw = kinetics_summary(
             values, mask, grid, present, ref, config.modality
         )

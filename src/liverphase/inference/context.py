@@ -31,6 +31,8 @@ class ReportContext:
     raw_kinetics: dict[str, Any] | None
     modality: str
     cam_shared: bool = False
+    # prediction.json's `staging` of a whole-organ model (stage, attention over slices)
+    staging: dict[str, Any] | None = None
 
 
 def cv_metrics(bundle_dir: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -47,6 +49,19 @@ def cv_metrics(bundle_dir: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
             pooled = json.loads(path.read_text()).get("pooled", {})
         except (OSError, ValueError, AttributeError):
             continue
+        ordinal = pooled.get("ordinal") if isinstance(pooled, dict) else None
+        if isinstance(ordinal, dict) and ordinal.get("acc") is not None:
+            return {  # ordered stages: accuracy and κ say more than a macro AUC
+                "kind": "cross-validation, pooled out-of-fold",
+                "acc": ordinal.get("acc"),
+                "acc_ci": ordinal.get("acc_ci"),
+                "qwk": ordinal.get("qwk"),
+                "qwk_ci": ordinal.get("qwk_ci"),
+                "auc": pooled.get("auc"),
+                "auc_ci": pooled.get("auc_ci"),
+                "n_cases": pooled.get("n_cases"),
+                "source": str(path),
+            }
         if isinstance(pooled, dict) and pooled.get("auc") is not None:
             return {
                 "kind": "cross-validation, pooled out-of-fold",

@@ -93,6 +93,7 @@ class Predictor:
                 self.bundle_dir / "bundle.json",
             )
         self.segments = bool(getattr(self.model, "segments", False))
+        self.organ = self.config.roi == "organ"
         self.accepts_phase_mask = accepts_phase_mask(self.model)
         self.cv = cv_metrics(self.bundle_dir, self.meta)
         self.identity = bundle_identity(self.bundle_dir, self.meta)
@@ -158,6 +159,7 @@ class Predictor:
             prob_t, seg_logits = predict_with_flips(self.model, x, self.tta_flip_axes, **kwargs)
         probs = prob_t[0].cpu().numpy()
         pred = int(np.argmax(probs))
+        staging = self._staging(x, kwargs, probs, pre.meta) if self.organ else None
         seg_prob = None if seg_logits is None else lesion_probability(seg_logits)[0].cpu().numpy()
         timings["model"] = time.perf_counter() - tick
 
@@ -198,6 +200,7 @@ class Predictor:
         ctx = analysis.report_context(
             canon, present, ref, pre.meta, self.config, user_mask, seg_prob, cams, warnings
         )
+        ctx.staging = staging
         ctx.cam_shared = bool(cam_result and cam_result.shared)
         box = pre.meta["lesion_box_mm"]
         lesion_info = lesion.lesion_info(
@@ -216,7 +219,9 @@ class Predictor:
             "phases": self.phases,
             "phases_present": present,
             "reference_phase": ref,
-            "lesion": lesion_info,
+            # a whole-organ model (staging) reads the liver, not a lesion: no lesion, no kinetics
+            "lesion": None if self.organ else lesion_info,
+            **({"organ": lesion_info, "staging": staging} if self.organ else {}),
             "kinetics": ctx.kinetics,
             "patterns": ctx.patterns,
             "phase_importance": importance,
@@ -320,6 +325,12 @@ class Predictor:
             return None, lesion.canonical_box(box_img), "bbox (cases.csv)"
         elif self.segments or self.config.roi_source == "image":
             return None, None, "model (coarse pass over the whole scan)"
+        elif self.organ:
+            raise LiverphaseError(
+                f"study {study.case_id!r} has no liver mask: model {self.model_name!r} reads the "
+                "whole liver; give --mask LIVER_MASK (liverphase ships no liver segmenter yet)",
+                study_path(study),
+            )
         else:
             raise LiverphaseError(
                 f"no lesion location for study {study.case_id!r}: give a mask or a bbox "
@@ -400,6 +411,33 @@ class Predictor:
         if len(present) < len(self.phases):
             kwargs["phase_mask"] = torch.tensor([[p in present for p in self.phases]])
         return x.to(self.device), kwargs
+
+    def _staging(
+        self, x: torch.Tensor, kwargs: dict[str, Any], probs: np.ndarray, meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        """prediction.json's `staging`: the stage, the expected stage (probability-weighted class
+        index, for ordered classes) and the model's attention over the crop's slices, if it has
+        one (one plain forward: the flipped views' attentions are not averaged)."""
+        out: dict[str, Any] = {
+            "stage": self.class_names[int(np.argmax(probs))],
+            "expected_stage_index": round(float(np.dot(np.arange(probs.size), probs)), 4),
+            "classes": self.class_names,
+        }
+        with torch.no_grad():
+            self.model(x, **kwargs)
+        attention = getattr(self.model, "last_attention", None)
+        if attention is not None:
+            present = kwargs.get("phase_mask", torch.ones(1, len(self.phases), dtype=torch.bool))
+            out["slice_attention"] = {
+                p: [round(float(v), 5) for v in attention[0, i].cpu()]
+                for i, p in enumerate(self.phases)
+                if bool(present[0, i])
+            }
+            out["slice_attention_note"] = (
+                f"weights over the {attention.shape[-1]} slices of the liver crop, "
+                f"{meta['scale_mm'][0]:.2f} mm apart, in the order of the model input's slice axis"
+            )
+        return out
 
     def _cam_engine(self) -> PhaseGradCAM:
         if self._cam is None:

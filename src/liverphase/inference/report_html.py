@@ -95,12 +95,52 @@ def _slices_figure(ctx: ReportContext) -> str:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(phase if r == 0 else f"{phase} Grad-CAM", fontsize=9)
+    what = "liver" if ctx.staging is not None else "lesion"
     fig.suptitle(
-        f"axial slice {z} of the lesion region (green: lesion; image left = patient right)",
+        f"axial slice {z} of the {what} region (green: {what}; image left = patient right)",
         fontsize=9,
     )
     fig.tight_layout()
     return _png(fig)
+
+
+def _attention_figure(attention: dict[str, list[float]]) -> str:
+    """The model's attention over the crop's slices, one line per sequence."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 2.4))
+    for seq, weights in attention.items():
+        ax.plot(range(len(weights)), weights, marker=".", label=seq)
+    ax.set_xlabel("slice of the liver crop")
+    ax.set_ylabel("attention")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _staging(pred: dict[str, Any]) -> str:
+    """Stage, expected stage and the attention over slices of a whole-organ model."""
+    st = pred["staging"]
+    names = st["classes"]
+    rows = [
+        ["stage (most probable)", st["stage"]],
+        [
+            "expected stage (probability-weighted)",
+            f"{st['expected_stage_index']:.2f} on "
+            + " < ".join(f"{i} {n}" for i, n in enumerate(names)),
+        ],
+    ]
+    out = _table(None, rows)
+    if st.get("slice_attention"):
+        out += (
+            f"<img alt='attention over slices' src='{_attention_figure(st['slice_attention'])}'>"
+            f"<p class='muted'>{_e(st.get('slice_attention_note', ''))}; the stage is the "
+            "attention-weighted mean of the slices' evidence.</p>"
+        )
+    return out
 
 
 def _kinetics_figure(raw: dict[str, Any]) -> str:
@@ -121,7 +161,14 @@ def _bar(value: float | None, scale: float = 1.0) -> str:
 
 def _probabilities(pred: dict[str, Any]) -> str:
     perf = pred.get("model_performance")
-    if perf and perf.get("auc") is not None:
+    if perf and perf.get("acc") is not None and perf.get("qwk") is not None:
+        ci = perf.get("acc_ci")
+        ci_text = f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""
+        auc = (
+            f"Model accuracy {perf['acc']:.3f}{ci_text}, quadratic-weighted κ {perf['qwk']:.3f}"
+            f" — {perf.get('kind', '')}, {perf.get('n_cases')} scans"
+        )
+    elif perf and perf.get("auc") is not None:
         ci = perf.get("auc_ci")
         level = perf.get("ci_level") or 0.95
         ci_text = f" ({level:.0%} CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else " (no CI available)"
@@ -211,7 +258,8 @@ def render_report(prediction: dict[str, Any], ctx: ReportContext, phases: list[s
         if patient
         else ""
     )
-    lesion = p["lesion"]
+    organ = p.get("staging") is not None
+    lesion = p["organ"] if organ else p["lesion"]
     lrows = [
         ["source", lesion.get("source")],
         ["volume (ml)", lesion.get("volume_ml")],
@@ -244,13 +292,14 @@ def render_report(prediction: dict[str, Any], ctx: ReportContext, phases: list[s
 <div class="notice">{NOTICE}</div>
 <h1>liverphase report — case {_e(p["case_id"])}</h1>{who}
 <p class="muted">model {_e(p["model"])}; phases used {_e(", ".join(p["phases_present"]))} of {_e(", ".join(phases))}; reference {_e(p["reference_phase"])}</p>
-<h2>Prediction</h2>{_probabilities(p)}
+<h2>{"Stage" if organ else "Prediction"}</h2>{_probabilities(p)}
 <h2>Warnings</h2><ul>{warnings}</ul>
-<h2>Lesion</h2>{_table(None, lrows)}
-<h2>Images through the lesion centre</h2><img alt="phases with lesion contour and Grad-CAM" src="{images}">
+{_staging(p) if organ else ""}
+<h2>{"Liver (whole-organ input)" if organ else "Lesion"}</h2>{_table(None, lrows)}
+<h2>Images through the {"liver" if organ else "lesion"} centre</h2><img alt="phases with {"liver" if organ else "lesion"} contour and Grad-CAM" src="{images}">
 <p class="muted">{_e(cam_note)}</p>
 <h2>Phase importance</h2>{_importance(p)}
-<h2>Enhancement kinetics</h2>{_kinetics(p, ctx)}
+{"" if organ else f"<h2>Enhancement kinetics</h2>{_kinetics(p, ctx)}"}
 <h2>Model and bundle</h2>{_table(None, irows)}
 <h2>Timings</h2>{_table(["step", "time"], trows)}
 <div class="notice">{NOTICE}</div>

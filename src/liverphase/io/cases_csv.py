@@ -43,7 +43,7 @@ def _parse_bbox(text: str, where: Path, case_id: str) -> tuple[int, int, int, in
 
 
 def read_cases_csv(path: Path) -> list[CaseRecord]:
-    """Read and validate cases.csv (duplicate ids and missing labels are errors)."""
+    """Read and validate cases.csv (duplicate ids are errors; an empty label is an unlabeled case)."""
     if not path.is_file():
         raise DatasetError("cases.csv not found (needs case_id, patient_id, label)", path)
     with open(path, newline="") as fh:
@@ -62,9 +62,9 @@ def read_cases_csv(path: Path) -> list[CaseRecord]:
         if cid in seen:
             raise DatasetError(f"line {line}: duplicate case_id {cid!r}", path)
         seen.add(cid)
-        label = (row.get("label") or "").strip()
-        if not label:
-            raise DatasetError(f"line {line}: case {cid!r} has no label", path)
+        # an empty label is an unlabeled study (self-supervised pretraining reads it; training,
+        # cross-validation and evaluation leave it out)
+        label = (row.get("label") or "").strip() or None
         pid = (row.get("patient_id") or "").strip() or cid
         extra = {
             k: v

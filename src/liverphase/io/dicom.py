@@ -6,6 +6,8 @@ positions, a missing slice, inconsistent orientation, no series matching a phase
 file; `read_dicom_study` raises the first, `scan_dicom_study` collects them all.
 
 Phase naming rule (documented contract):
+0. Without explicit rules, the study's Modality picks them: `PhaseRules.for_modality("MR")` (PRE,
+   ART, PV, TP, HBP) when most image series are MR, else the CT rules (NC, ART, PV, DL).
 1. A series is named by `PhaseRules.match(SeriesDescription)`.
 2. Several series named alike: the earliest acquisition keeps the phase (then the one with more
    slices, then the lower SeriesNumber); the others are reported as unused.
@@ -89,8 +91,14 @@ def _assign(
     return {s.phase: s for s in assigned}
 
 
+def default_rules(series: list[DicomSeries]) -> PhaseRules:
+    """The MR phase rules when most series are Modality MR, else the CT rules."""
+    mr = sum(str(s.first.get("Modality", "")).upper() == "MR" for s in series)
+    return PhaseRules.for_modality("MR" if 2 * mr > len(series) else "CT")
+
+
 def _analyse(
-    folder: Path, rules: PhaseRules, problems: Problems
+    folder: Path, rules: PhaseRules | None, problems: Problems
 ) -> tuple[dict, dict[str, DicomSeries], dict[str, sitk.Image], list[DicomSeries]]:
     slices, skipped = scan_files(folder, problems)
     studies: dict[str, list[DicomSlice]] = defaultdict(list)
@@ -106,6 +114,7 @@ def _analyse(
         grouped[str(s.get("SeriesInstanceUID", s.path))].append(s)
     series = [DicomSeries(uid, group) for uid, group in grouped.items()]
     series.sort(key=lambda s: (s.time if s.time is not None else float("inf"), s.number))
+    rules = rules or default_rules(series)
     phases = _assign(series, rules, folder, problems) if series else {}
     images: dict[str, sitk.Image] = {}
     for s in series:
@@ -130,7 +139,6 @@ def read_dicom_study(
 ) -> Study:
     """Read a DICOM study folder into a Study (phases in acquisition order); DicomError on problems."""
     folder = Path(folder)
-    rules = rules or PhaseRules()
     _, phases, images, series = _analyse(folder, rules, Problems(strict=True))
     first = next(iter(phases.values())).first
     meta: dict[str, Any] = {
@@ -184,7 +192,7 @@ def scan_dicom_study(
     """Summary (series, phases, geometry) and every problem found, for `liverphase inspect`."""
     folder = Path(folder)
     problems = Problems(strict=False)
-    summary, phases, images, series = _analyse(folder, rules or PhaseRules(), problems)
+    summary, phases, images, series = _analyse(folder, rules, problems)
     rows = []
     lines = [
         f"DICOM study {folder}: {summary['files']} image files"

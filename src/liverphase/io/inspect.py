@@ -32,7 +32,7 @@ def inspect_dataset(root: Path) -> tuple[dict[str, Any], list[LiverphaseError]]:
     except LiverphaseError as exc:
         return {"kind": "dataset", "lines": [f"dataset {root}"]}, [exc]
     problems: list[LiverphaseError] = []
-    labels = Counter(c.label for c in ds.cases)
+    labels = Counter(c.label or "(unlabeled)" for c in ds.cases)
     patients = {c.patient_id for c in ds.cases}
     lines = [
         f"dataset {root}",
@@ -64,7 +64,7 @@ def inspect_dataset(root: Path) -> tuple[dict[str, Any], list[LiverphaseError]]:
         )
         roi = "mask" if study.mask is not None else "bbox"
         lines.append(
-            f"  {rec.case_id} [{rec.label}, patient {rec.patient_id}, {roi}] {ds.reference_phase}: {describe_image(ref)}{note}"
+            f"  {rec.case_id} [{rec.label or 'unlabeled'}, patient {rec.patient_id}, {roi}] {ds.reference_phase}: {describe_image(ref)}{note}"
         )
     listed = {c.case_id for c in ds.cases}
     on_disk = {

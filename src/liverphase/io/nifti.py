@@ -173,7 +173,9 @@ class NnUNetDataset:
         self.class_names: list[str] = (
             list(names) if names else sorted({c.label for c in self.cases if c.label})
         )
-        unknown = sorted({c.label for c in self.cases if c.label not in self.class_names})
+        unknown = sorted(
+            {c.label for c in self.cases if c.label and c.label not in self.class_names}
+        )
         if unknown:
             raise DatasetError(
                 f"labels {unknown} are not in dataset.json class_names {self.class_names}",

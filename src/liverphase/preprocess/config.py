@@ -81,6 +81,9 @@ class PreprocessConfig(ConfigBase):
     # "zero": a phase the study lacks becomes a zero channel and `meta.phases_present` marks it
     # absent (models with a phase mask then leave it out); "error": a missing phase is an error
     missing_phases: str = "error"
+    # "n4": each MRI phase is bias-field corrected (SimpleITK N4) before normalisation: the coil's
+    # smooth shading otherwise varies from scanner to scanner and reads as texture
+    bias_correction: str = "none"
 
     def validate(self) -> None:
         """Check every value; raise ConfigError naming the field."""
@@ -91,6 +94,11 @@ class PreprocessConfig(ConfigBase):
         _choice("intensity_reference", self.intensity_reference, INTENSITY_REFERENCES)
         _choice("roi", self.roi, ROIS)
         _choice("missing_phases", self.missing_phases, MISSING_PHASES)
+        _choice("bias_correction", self.bias_correction, ("none", "n4"))
+        if self.bias_correction == "n4" and self.modality != "mri":
+            raise ConfigError(
+                "N4 bias-field correction is for MRI (modality mri)", "bias_correction"
+            )
         if self.intensity_reference == "liver" and (
             self.margin_mm <= 0 or self.roi_source == "image"
         ):
@@ -154,7 +162,11 @@ class PreprocessConfig(ConfigBase):
         data = self.to_dict()
         del data["roi_channel"]
         # fields added later are left out at their defaults so earlier cache entries stay valid
-        for name, default in (("roi", "lesion"), ("missing_phases", "error")):
+        for name, default in (
+            ("roi", "lesion"),
+            ("missing_phases", "error"),
+            ("bias_correction", "none"),
+        ):
             if data[name] == default:
                 del data[name]
         if self.intensity_reference == "absolute":

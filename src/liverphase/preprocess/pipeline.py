@@ -33,6 +33,7 @@ from liverphase.preprocess.intensity import (
     hu_warning,
     mri_channel,
     mri_stats,
+    n4_bias_correct,
     ring_reference,
 )
 from liverphase.preprocess.kinetics import (
@@ -219,6 +220,9 @@ def preprocess_study(
     needed = dict.fromkeys([*phases, study.reference_phase])
     canon = {p: to_canonical(study.phases[p]) for p in needed}
     lap("canonical")
+    if config.bias_correction == "n4":
+        canon = {p: n4_bias_correct(img) for p, img in canon.items()}
+        lap("bias_correction")
 
     lesion, box, grid, used = _boxes(study, config, rng)
     if used != config.roi_source and config.roi_source != "mask_jitter":
