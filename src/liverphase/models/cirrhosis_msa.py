@@ -57,45 +57,12 @@ from liverphase.models.blocks import (
     GatedAttentionPool,
     MultiScaleProjection,
     global_average,
-    init_resnet_weights,
-    make_stage,
     phase_mean,
 )
 from liverphase.models.encoders import ResNet2d
 from liverphase.models.heads import OrdinalHead
 from liverphase.models.registry import ModelOutput, MultiPhaseModel, register_model
 from liverphase.models.std_net import check_phase_mask, reject_unknown_options
-
-
-class ResNet3dStages(nn.Module):
-    """`ResNet2d`'s layout in 3D (7³ stride-2 stem + max-pool, basic-block stages), stage by stage."""
-
-    def __init__(self, in_channels: int, widths: Sequence[int], blocks: Sequence[int]) -> None:
-        super().__init__()
-        self.stage_channels = tuple(int(w) for w in widths)
-        self.conv1 = nn.Conv3d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm3d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool3d(3, stride=2, padding=1)
-        in_planes = widths[0]
-        for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
-            stage = make_stage(in_planes, w, n, stride=1 if i == 0 else 2, spatial_dims=3)
-            self.add_module(f"layer{i + 1}", stage)
-            in_planes = w
-        init_resnet_weights(self)
-
-    @property
-    def num_stages(self) -> int:
-        """Number of residual stages."""
-        return len(self.stage_channels)
-
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        """conv1 → BN → ReLU → max-pool."""
-        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
-
-    def stage(self, i: int) -> nn.Module:
-        """The i-th residual stage (0-based)."""
-        return getattr(self, f"layer{i + 1}")
 
 
 def _module_key(name: str) -> str:
@@ -152,9 +119,9 @@ class CirrhosisMSA(MultiPhaseModel):
         self.dims, self.ordinal = int(dims), bool(ordinal)
         widths, depth = [width * 2**k for k in range(4)], [blocks] * 4
         if self.dims == 2:
-            self.encoder: ResNet2d | ResNet3dStages = ResNet2d(in_channels, 2, widths, depth)
+            self.encoder = ResNet2d(in_channels, 2, widths, depth)
         else:
-            self.encoder = ResNet3dStages(in_channels, widths, depth)
+            self.encoder = ResNet2d(in_channels, 2, widths, depth, spatial_dims=3)
         self.scales = int(scales)
         self.multiscale = MultiScaleProjection(widths[-self.scales :], feature_dim)
         self.cam_tap = nn.Identity()

@@ -25,11 +25,18 @@ from functools import partial
 import torch
 from torch import nn
 
-from liverphase.models.blocks import init_resnet_weights, make_stage, maybe_checkpoint
+from liverphase.models.blocks import (
+    conv_layer,
+    init_resnet_weights,
+    make_stage,
+    maybe_checkpoint,
+    norm_layer,
+)
 
 
 class ResNet2d(nn.Module):
-    """2D ResNet18 (7×7 stem with stride `stem_stride`, 3×3 max-pool, four basic-block stages)."""
+    """2D ResNet18 (7×7 stem with stride `stem_stride`, 3×3 max-pool, four basic-block stages);
+    `spatial_dims=3` builds the same layout in 3D (cirrhosis_msa's volume variant)."""
 
     def __init__(
         self,
@@ -37,19 +44,23 @@ class ResNet2d(nn.Module):
         stem_stride: int = 2,
         widths: Sequence[int] = (64, 128, 256, 512),
         blocks: Sequence[int] = (2, 2, 2, 2),
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
         if stem_stride not in (1, 2):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
         self.stage_channels = tuple(int(w) for w in widths)
         self.out_channels = self.stage_channels[-1]
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 7, stride=stem_stride, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
+        conv, norm = conv_layer(spatial_dims), norm_layer(spatial_dims)
+        self.conv1 = conv(in_channels, widths[0], 7, stride=stem_stride, padding=3, bias=False)
+        self.bn1 = norm(widths[0])
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.maxpool = (nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d)(3, stride=2, padding=1)
         in_planes = widths[0]
         for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
-            stage = make_stage(in_planes, w, n, stride=1 if i == 0 else 2, spatial_dims=2)
+            stage = make_stage(
+                in_planes, w, n, stride=1 if i == 0 else 2, spatial_dims=spatial_dims
+            )
             self.add_module(f"layer{i + 1}", stage)
             in_planes = w
         init_resnet_weights(self)

@@ -40,6 +40,7 @@ from liverphase.synth.cirrhosis_anatomy import (
     sample_features,
     signal_table,
 )
+from liverphase.synth.cohort import check_output_folder, plan_patients
 from liverphase.synth.imaging import TexturePart, add_texture
 from liverphase.synth.mri_signal import bias_field, form_mr_image, random_bias_waves
 from liverphase.synth.shapes import Domain, Grid, member
@@ -238,32 +239,6 @@ def synth_cirrhosis_study(
 
 
 # ---- cohorts ---------------------------------------------------------------------------------------
-def _plan(
-    rng: np.random.Generator, studies: int, labels: Sequence[str], second: float, first_patient: int
-) -> list[tuple[str, str, bool]]:
-    """(patient_id, label, is_follow_up) rows; each new patient takes the rarest label so far."""
-    rows: list[tuple[str, str, bool]] = []
-    counts = dict.fromkeys(labels, 0)
-    patient = first_patient
-    while len(rows) < studies:
-        rarest = [k for k in labels if counts[k] == min(counts.values())]
-        label, pid = str(rng.choice(rarest)), f"P{patient:04d}"
-        n = 2 if len(rows) + 1 < studies and rng.random() < second else 1
-        rows += [(pid, label, k == 1) for k in range(n)]
-        counts[label] += n
-        patient += 1
-    return rows
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and (
-        not out.is_dir() or (any(out.iterdir()) and not (out / "synth.json").exists())
-    ):
-        raise ConfigError(
-            "output exists and is not an earlier synthetic cohort; choose a new folder", out
-        )
-
-
 def synth_cirrhosis_cohort(
     out: str | Path,
     cases: int,
@@ -282,11 +257,15 @@ def synth_cirrhosis_cohort(
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
             raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}", name)
     config = CirrhosisSynthConfig.preset(preset, **overrides)
-    _check_out(out)
+    check_output_folder(out)
     second = config.second_study_fraction
-    rows = _plan(np.random.default_rng([seed, 10**6]), cases, CIRRHOSIS_STAGES, second, 0)
-    first = len({pid for pid, _, _ in rows})
-    rows += _plan(np.random.default_rng([seed, 10**6 + 1]), healthy, ("healthy",), second, first)
+    staged = plan_patients(np.random.default_rng([seed, 10**6]), cases, CIRRHOSIS_STAGES, second)
+    first = len({p for p, _, _ in staged})
+    controls = plan_patients(
+        np.random.default_rng([seed, 10**6 + 1]), healthy, ("healthy",), second
+    )
+    rows = [(f"P{p:04d}", label, follow) for p, label, follow in staged]
+    rows += [(f"P{first + p:04d}", label, follow) for p, label, follow in controls]
     class_names = list(STAGES) if healthy else list(CIRRHOSIS_STAGES)
     patients: dict[str, CirrhosisPatient] = {}
     truths = []

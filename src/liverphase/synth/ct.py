@@ -28,6 +28,7 @@ from liverphase.io.study import Study, geometry_of
 from liverphase.phases import CT_PHASES
 from liverphase.synth.acquisition import MARGIN_MM, sample_grids, sample_shift
 from liverphase.synth.anatomy import LESION_LABELS, Anatomy, T, render_labels, sample_anatomy
+from liverphase.synth.cohort import check_output_folder, plan_patients
 from liverphase.synth.imaging import TexturePart, add_texture, form_image
 from liverphase.synth.kinetics import (
     CLASSES_2,
@@ -281,31 +282,6 @@ def _texture_parts(patient: CTPatient, enhanced: bool) -> list[TexturePart]:
 
 
 # ---- cohorts ---------------------------------------------------------------------------------------
-def _plan(rng: np.random.Generator, cases: int, labels: tuple[str, ...], second: float) -> list:
-    """(case_id, patient_id, label, is_follow_up) rows; each patient takes the rarest label so far."""
-    rows: list[tuple[str, str, str, bool]] = []
-    counts = dict.fromkeys(labels, 0)
-    patient = 0
-    while len(rows) < cases:
-        rarest = [k for k in labels if counts[k] == min(counts.values())]
-        label, pid = str(rng.choice(rarest)), f"P{patient:04d}"
-        studies = 2 if len(rows) + 1 < cases and rng.random() < second else 1
-        for k in range(studies):
-            rows.append((f"CT{len(rows):04d}", pid, label, k == 1))
-        counts[label] += studies
-        patient += 1
-    return rows
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and (
-        not out.is_dir() or (any(out.iterdir()) and not (out / "synth.json").exists())
-    ):
-        raise ConfigError(
-            "output exists and is not an earlier synthetic cohort; choose a new folder", out
-        )
-
-
 def synth_ct_cohort(
     out: str | Path,
     cases: int,
@@ -327,13 +303,14 @@ def synth_ct_cohort(
     if not 0 <= dicom <= cases:
         raise ConfigError(f"dicom must lie in [0, cases={cases}]", "dicom")
     config = CTSynthConfig.preset(preset, classes=classes, difficulty=difficulty, **overrides)
-    _check_out(out)
-    rows = _plan(
+    check_output_folder(out)
+    plan = plan_patients(
         np.random.default_rng([seed, 10**6]),
         cases,
         config.class_names,
         config.second_study_fraction,
     )
+    rows = [(f"CT{i:04d}", f"P{p:04d}", label, follow) for i, (p, label, follow) in enumerate(plan)]
     patients: dict[str, CTPatient] = {}
     truths = []
     with atomic_dir(out) as tmp:

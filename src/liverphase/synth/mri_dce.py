@@ -30,6 +30,7 @@ from liverphase.io.study import Study, geometry_of
 from liverphase.phases import DCE_PHASES
 from liverphase.synth.acquisition import MARGIN_MM, sample_grids, sample_shift
 from liverphase.synth.anatomy import LESION_LABELS, N_LABELS, T
+from liverphase.synth.cohort import check_output_folder
 from liverphase.synth.imaging import TexturePart, add_texture
 from liverphase.synth.mri_dce_kinetics import (
     DCE_CLASSES,
@@ -258,15 +259,6 @@ def _texture_parts(patient: DCEPatient, lut: np.ndarray, phase: str) -> list[Tex
 
 
 # ---- cohorts ---------------------------------------------------------------------------------------
-def _check_out(out: Path) -> None:
-    if out.exists() and (
-        not out.is_dir() or (any(out.iterdir()) and not (out / "synth.json").exists())
-    ):
-        raise ConfigError(
-            "output exists and is not an earlier synthetic cohort; choose a new folder", out
-        )
-
-
 def synth_dce_cohort(
     out: str | Path,
     cases: int,
@@ -297,7 +289,7 @@ def synth_dce_cohort(
         raise ConfigError(f"dicom must lie in [0, cases={cases}]", "dicom")
     config = DCESynthConfig.preset(preset, **overrides)
     config.for_site(site)  # validate the site's spacings before writing anything
-    _check_out(out)
+    check_output_folder(out)
     key = ord(site)
     rows = plan_rows(np.random.default_rng([seed, key, 10**6]), cases, unlabeled, config)
     patients: dict[str, DCEPatient] = {}

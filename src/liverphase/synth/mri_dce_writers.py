@@ -15,6 +15,7 @@ import numpy as np
 
 from liverphase.io.study import Study
 from liverphase.phases import DCE_PHASES
+from liverphase.synth.cohort import plan_patients
 from liverphase.synth.mri_dce_kinetics import DCE_CLASSES
 from liverphase.synth.writers import write_dicom_study
 
@@ -68,16 +69,9 @@ def plan_rows(
     rows: list[tuple[int, str, bool, bool]] = []
     patient = 0
     for n, labeled in ((cases, True), (unlabeled, False)):
-        counts = dict.fromkeys(DCE_CLASSES, 0)
-        done = 0
-        while done < n:
-            rarest = [k for k in DCE_CLASSES if counts[k] == min(counts.values())]
-            label = str(rng.choice(rarest))
-            studies = 2 if done + 1 < n and rng.random() < config.second_study_fraction else 1
-            rows += [(patient, label, k == 1, labeled) for k in range(studies)]
-            counts[label] += studies
-            done += studies
-            patient += 1
+        block = plan_patients(rng, n, DCE_CLASSES, config.second_study_fraction)
+        rows += [(patient + p, label, follow, labeled) for p, label, follow in block]
+        patient += len({p for p, _, _ in block})
     return rows
 
 
