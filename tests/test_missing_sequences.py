@@ -150,3 +150,10 @@ def test_n4_removes_a_smooth_bias_field():
     # the body's mean signal is kept, so normalisation afterwards sees the same scale
     assert out[body].mean() == pytest.approx(arr[body].mean(), rel=0.05)
     assert out.shape == arr.shape
+
+
+def test_organ_dataset_without_liver_mask_names_the_mask(mr_dataset):
+    (mr_dataset / "labelsTr" / "M003.nii.gz").unlink()
+    with pytest.raises(DatasetError, match="no organ mask in labelsTr") as exc:
+        open_dataset(mr_dataset).load_study("M003")
+    assert "M003.nii.gz" in str(exc.value)

@@ -250,6 +250,12 @@ class NnUNetDataset:
         if label_path is not None:
             mask = read_image(label_path)
             check_mask(mask, phases[reference], label_path, reference)
+        elif self.roi == "organ" and require_roi:
+            raise DatasetError(
+                f"case {case_id!r} has no organ mask in labelsTr/ (dataset.json 'roi': 'organ' "
+                "reads the whole liver from it; liverphase ships no liver segmenter yet)",
+                self.root / "labelsTr" / f"{case_id}{self.file_ending}",
+            )
         elif rec.bbox is None and require_roi:
             raise DatasetError(
                 f"case {case_id!r} has neither a mask in labelsTr/ nor a bbox in cases.csv",
