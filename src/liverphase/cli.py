@@ -191,6 +191,22 @@ _LOSS = typer.Option(
 _OPTION = typer.Option(
     [], "--option", "-o", help="Model option key=value (repeatable), e.g. miff=false."
 )
+_INIT = typer.Option(
+    None, "--init", help="Start the model's encoder from a `pretrain` bundle (OUT/bundle)."
+)
+_FREEZE = typer.Option(
+    None, "--freeze-epochs", min=0, help="With --init: keep the encoder frozen for K epochs."
+)
+
+
+def _init_kwargs(init: Path | None, freeze_epochs: int | None) -> dict[str, Any]:
+    """--init / --freeze-epochs as training overrides (absent flags leave the config's values)."""
+    out: dict[str, Any] = {}
+    if init is not None:
+        out["init"] = str(init.resolve())
+    if freeze_epochs is not None:
+        out["freeze_epochs"] = freeze_epochs
+    return out
 
 
 @app.command()
@@ -249,6 +265,8 @@ def train(
     resume: bool = typer.Option(False, help="Continue a killed run from its last checkpoint."),
     no_register: bool = _NO_REGISTER,
     loss: str | None = _LOSS,
+    init: Path | None = _INIT,
+    freeze_epochs: int | None = _FREEZE,
 ) -> None:
     """Train one model on a whole dataset (an inner validation split selects the epoch)."""
     from liverphase.evaluate.cv import run_train
@@ -267,6 +285,7 @@ def train(
         no_register,
         loss,
     )
+    kwargs.update(_init_kwargs(init, freeze_epochs))
     result = run_train(
         dataset, out, kwargs, seed=seed, cache_root=cache, workers=workers, resume=resume
     )
@@ -294,6 +313,8 @@ def cv(
     resume: bool = typer.Option(False, help="Continue killed folds from their last checkpoint."),
     no_register: bool = _NO_REGISTER,
     loss: str | None = _LOSS,
+    init: Path | None = _INIT,
+    freeze_epochs: int | None = _FREEZE,
 ) -> None:
     """k-fold patient-level cross-validation: metrics with CIs, ROC, report and a bundle per fold."""
     from liverphase.evaluate.cv import run_cv
@@ -312,6 +333,7 @@ def cv(
         no_register,
         loss,
     )
+    kwargs.update(_init_kwargs(init, freeze_epochs))
     result = run_cv(
         dataset,
         out,
@@ -330,6 +352,79 @@ def cv(
     if "dice" in pooled:
         typer.echo(f"pooled Dice {pooled['dice']:.3f}")
     typer.echo(f"report: {Path(out) / 'report.md'}")
+
+
+@app.command()
+@user_errors
+def pretrain(
+    dataset: Path = typer.Argument(..., help="An nnU-Net dataset; every study, labeled or not."),
+    out: Path = typer.Option(..., "--out", help="RUN folder (RUN/bundle: the encoder bundle)."),
+    model: str = typer.Option("std_net", "--model", help="A model with a per-phase encoder."),
+    method: str = typer.Option("vicreg", help="mae, barlow or vicreg."),
+    profile: str = _PROFILE,
+    epochs: int | None = typer.Option(None, help="Pretraining epochs (default 20)."),
+    batch_size: int | None = typer.Option(None, help="Studies per batch (default 4)."),
+    lr: float | None = typer.Option(None, help="AdamW learning rate (default 1e-3)."),
+    seed: int = typer.Option(0),
+    config: Path | None = _CONFIG,
+    phases: str | None = _PHASES,
+    in_channels: int = _IN_CHANNELS,
+    option: list[str] = _OPTION,
+    ssl_option: list[str] = typer.Option(
+        [], "--ssl-option", "-s", help="Pretraining setting key=value, e.g. mask_ratio=0.75."
+    ),
+    workers: int = _WORKERS,
+    cache: Path | None = _CACHE,
+    resume: bool = typer.Option(False, help="Continue a killed run from its last checkpoint."),
+    no_register: bool = _NO_REGISTER,
+) -> None:
+    """Self-supervised pretraining of a model's per-phase encoder (labels ignored); `train`/`cv
+    --init RUN/bundle` fine-tune from it."""
+    from liverphase.evaluate.cv import cached_items, make_experiment
+    from liverphase.io.nifti import open_dataset
+    from liverphase.models.registry import create_model
+    from liverphase.ssl.pretrain import PretrainConfig, pretrain_cases
+    from liverphase.ssl.pretrain import pretrain as run_pretrain
+    from liverphase.train.options import experiment_kwargs, parse_model_options
+
+    kwargs = experiment_kwargs(
+        model,
+        profile,
+        config,
+        phases=phases,
+        in_channels=in_channels,
+        option=option,
+        no_register=no_register,
+    )
+    flags = {"method": method, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    settings = {
+        **parse_model_options(ssl_option),
+        **{k: v for k, v in flags.items() if v is not None},
+    }
+    cfg = PretrainConfig.from_dict(settings, source="pretraining settings")
+    ds = open_dataset(dataset)
+    exp = make_experiment(ds, seed=seed, **kwargs)
+    ids = pretrain_cases(ds, exp.phases)
+    items = cached_items(ds, cache or out / "cache", exp.preprocess, workers, True, cases=ids)
+    classes = max(2, len(exp.class_names))
+    result = run_pretrain(
+        [items[c] for c in ids if c in items],
+        out,
+        lambda: create_model(exp.model, classes, exp.phases, **exp.model_options),
+        cfg,
+        {
+            "model": exp.model,
+            "model_options": exp.model_options,
+            "phases": exp.phases,
+            "preprocessing": exp.preprocess.to_dict(),
+            "dataset": str(Path(dataset).resolve()),
+        },
+        resume=resume,
+        roi_channel=exp.preprocess.roi_channel,
+    )
+    last = result["history"][-1]
+    typer.echo(f"{cfg.method}: loss {last['loss']:.4f}, probe AUC {last['probe_auc']:.3f}")
+    typer.echo(f"bundle: {result['bundle']}")
 
 
 @app.command()

@@ -23,6 +23,7 @@ from liverphase.models.registry import create_model, model_info
 from liverphase.preprocess.build import preprocess_dataset
 from liverphase.preprocess.cache import PreprocessCache
 from liverphase.preprocess.config import PreprocessConfig
+from liverphase.ssl.bundle import check_encoder_bundle
 from liverphase.train.config import PROFILE_INPUT, TrainConfig, profile_config
 from liverphase.train.trainer import Trainer
 
@@ -120,7 +121,10 @@ def make_experiment(
     if preprocess.n_channels != options["in_channels"]:
         options["in_channels"] = preprocess.n_channels
         train = train.replace(model_options=options)
-    return Experiment(model, train, preprocess, phases, list(ds.class_names), options)
+    exp = Experiment(model, train, preprocess, phases, list(ds.class_names), options)
+    if train.init:  # a bundle that does not fit fails before any preprocessing
+        check_encoder_bundle(train.init, exp.model_factory()())
+    return exp
 
 
 def experiment_cases(ds: NnUNetDataset, phases: Sequence[str]) -> list[str]:

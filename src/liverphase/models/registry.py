@@ -36,6 +36,8 @@ class MultiPhaseModel(nn.Module):
     head_prefix: str = "head."
     #: True when the model reads its input's last channel as the lesion ROI (preprocess roi_channel).
     reads_roi: bool = False
+    #: Parameter-name prefix of the per-phase encoder `ssl_encoder` returns ("" = the model has none).
+    encoder_prefix: str = ""
 
     def __init__(self, num_classes: int, phases: Sequence[str], in_channels: int) -> None:
         super().__init__()
@@ -49,6 +51,14 @@ class MultiPhaseModel(nn.Module):
         self.phases = list(phases)
         self.in_channels = int(in_channels)
 
+    def ssl_encoder(self) -> EncoderView:
+        """The per-phase encoder as pretraining and `--init` see it: single-phase volumes
+        (N, C, D, H, W) → deepest feature map (N, F, d, h, w); its parameters are the model's own."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no per-phase encoder to pretrain or initialise "
+            "(models with one: std_net)"
+        )
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error when x is not (B, P, C, D, H, W) for this model."""
         if x.ndim != 6:
@@ -58,6 +68,50 @@ class MultiPhaseModel(nn.Module):
                 f"model built for {len(self.phases)} phases x {self.in_channels} channels, "
                 f"got x of shape {tuple(x.shape)}"
             )
+
+
+class EncoderView(nn.Module):
+    """A model's per-phase encoder seen as one map (N, C, D, H, W) → deepest features (N, F, d, h, w).
+
+    It shares the encoder's modules and parameters under the encoder's own names, so its state dict
+    is the model's `encoder_prefix`-prefixed entries with the prefix removed (what an encoder bundle
+    holds). `select` picks the deepest map from the encoder's output (e.g. the last of its levels);
+    `stride` is the encoder's total downsampling per axis, `out_channels` F.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        out_channels: int,
+        stride: int,
+        select: Callable[[Any], torch.Tensor] = lambda out: out,
+    ) -> None:
+        super().__init__()
+        for name, child in encoder.named_children():
+            self.add_module(name, child)
+        for name, param in encoder.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        for name, buf in encoder.named_buffers(recurse=False):
+            self.register_buffer(name, buf)
+        # the wrapped module itself is not registered: its children already are, under their names
+        object.__setattr__(self, "_encoder", encoder)
+        self._select = select
+        self.out_channels = int(out_channels)
+        self.stride = int(stride)
+
+    @property
+    def inner(self) -> nn.Module:
+        """The wrapped encoder module itself."""
+        return self._encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, D, H, W) → (N, F, D / stride, H / stride, W / stride)."""
+        return self._select(self._encoder(x))
+
+    def train(self, mode: bool = True) -> EncoderView:
+        """Set the mode of the shared modules and of the wrapped encoder."""
+        self._encoder.train(mode)
+        return super().train(mode)
 
 
 _REGISTRY: dict[str, Callable[..., MultiPhaseModel]] = {}

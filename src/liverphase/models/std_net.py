@@ -87,7 +87,7 @@ from torch.utils.checkpoint import checkpoint
 
 from liverphase.models.blocks import phase_mean
 from liverphase.models.heads import LesionPooledHead
-from liverphase.models.registry import ModelOutput, MultiPhaseModel, register_model
+from liverphase.models.registry import EncoderView, ModelOutput, MultiPhaseModel, register_model
 
 TEMPORAL_MODES = ("transformer", "gru", "mean", "concat")
 # UnetResBlock's activation; not in place: on the instance-norm view that costs a copy in backward
@@ -221,6 +221,7 @@ class PhaseEncoder(nn.Module):
             ]
         )
         self.checkpointing = checkpointing
+        self.out_channels = int(widths[-1])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps of every level."""
@@ -232,6 +233,10 @@ class PhaseEncoder(nn.Module):
                 x = level(x)
             feats.append(x)
         return feats
+
+
+def _deepest(levels: list[torch.Tensor]) -> torch.Tensor:
+    return levels[-1]
 
 
 def _check_grid(model: MultiPhaseModel, x: torch.Tensor) -> None:
@@ -252,6 +257,7 @@ class StdNet(MultiPhaseModel):
     """STD-Net with its ablation switch `temporal` (transformer | gru | mean | concat)."""
 
     segments = True
+    encoder_prefix = "encoder."
 
     def __init__(
         self,
@@ -309,6 +315,10 @@ class StdNet(MultiPhaseModel):
         self.head = LesionPooledHead(
             widths[-1], num_classes, lesion_pool, dropout, regions, deep_features, region_reading
         )
+
+    def ssl_encoder(self) -> EncoderView:
+        """The shared per-phase encoder, read at its deepest level (pretraining, `--init`)."""
+        return EncoderView(self.encoder, self.encoder.out_channels, self.grid_multiple, _deepest)
 
     def forward(self, x: torch.Tensor, phase_mask: torch.Tensor | None = None) -> ModelOutput:
         """x (B, P, C, D, H, W), optional presence mask (B, P) → logits, seg_logits, features."""

@@ -57,6 +57,10 @@ class TrainConfig(ConfigBase):
     # the class term: cross-entropy, or CORAL's ordinal loss for ordered classes (stages), read
     # from the same logits (train.losses.coral_loss_from_logits)
     loss: str = "ce"
+    # an encoder bundle (`liverphase pretrain` OUT/bundle) the model's encoder starts from, the
+    # rest fresh; its parameters stay frozen for the first `freeze_epochs` epochs
+    init: str | None = None
+    freeze_epochs: int = 0
 
     def validate(self) -> None:
         """Check choices and ranges; raise ConfigError naming the field."""
@@ -87,6 +91,7 @@ class TrainConfig(ConfigBase):
             "grad_clip",
             "seg_weight",
             "cls_weight",
+            "freeze_epochs",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", name)
@@ -96,6 +101,8 @@ class TrainConfig(ConfigBase):
             raise ConfigError(f"must be in [0, 1), got {self.val_fraction}", "val_fraction")
         if not self.model:
             raise ConfigError("must name a registered model", "model")
+        if self.freeze_epochs and not self.init:
+            raise ConfigError("needs init (the encoder bundle it freezes)", "freeze_epochs")
 
 
 # The paper's recipe (SGD, lr 1e-3, momentum 0.9, ×0.1 every 10 epochs, 50 epochs, batch 2) for

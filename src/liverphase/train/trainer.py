@@ -27,6 +27,7 @@ from liverphase.data.dataset import CachedStudyDataset, model_kwargs
 from liverphase.errors import ConfigError
 from liverphase.models.registry import ModelOutput, MultiPhaseModel, accepts_phase_mask
 from liverphase.models.tta import flip_average, lesion_probability
+from liverphase.ssl.bundle import init_record, load_encoder, read_encoder_meta, set_encoder_frozen
 from liverphase.train.bundle import save_bundle, state_tensors
 from liverphase.train.config import TrainConfig
 from liverphase.train.distributed import barrier, gather_objects, is_main, rank_world
@@ -138,6 +139,7 @@ class Trainer:
             loaded = load_state(self.checkpoint_dir) if resume else None
             if loaded is not None:
                 st = self._restore(loaded, model, opt, sched, scaler)
+            self._start_from_encoder(model, resumed=loaded is not None)
             writer = (
                 open_tensorboard(self.out_dir / "tensorboard", purge_step=st["epoch"] + 1)
                 if self.tensorboard and is_main()
@@ -148,6 +150,8 @@ class Trainer:
             barrier()
             while not st["finished"]:
                 epoch = st["epoch"]
+                if cfg.freeze_epochs:
+                    set_encoder_frozen(model, epoch < cfg.freeze_epochs)
                 train_loss, n_seen, seconds = self._train_epoch(net, opt, scaler, epoch)
                 val = self._evaluate(self.val_set, with_loss=True)[0] if len(self.val_set) else {}
                 record = epoch_record(
@@ -166,6 +170,8 @@ class Trainer:
                     callback(epoch + 1, record)
             if writer is not None:
                 writer.close()
+            if cfg.freeze_epochs:
+                set_encoder_frozen(model, False)
             if st["best_model"] is not None:
                 model.load_state_dict(st["best_model"])
             best = st["history"][st["best_epoch"] - 1] if st["best_epoch"] else None
@@ -179,6 +185,14 @@ class Trainer:
             }
         finally:
             torch.use_deterministic_algorithms(was_deterministic)
+
+    def _start_from_encoder(self, model: MultiPhaseModel, resumed: bool) -> None:
+        """`init`: the encoder bundle's weights into the fresh model (a resumed run has them in its
+        checkpoint already), and what it started from into the bundle meta."""
+        if self.config.init:
+            init = self.config.init
+            meta = read_encoder_meta(init) if resumed else load_encoder(model, init)
+            self.bundle_meta["init"] = init_record(init, meta)
 
     def _wrap(self, model: MultiPhaseModel) -> torch.nn.Module:
         if self.world == 1:
