@@ -163,3 +163,14 @@ def test_save_checks_meta(tmp_path):
         save_bundle(tmp_path / "b", tiny(), {"model": "tiny_test_model", "class_names": ["a", "b"]})
     with pytest.raises(ValueError, match="'model'"):
         save_bundle(tmp_path / "b", tiny(), {"class_names": ["a", "b", "c"]})
+
+
+def test_an_encoder_bundle_is_refused_with_what_to_do(tmp_path):
+    import json
+
+    from liverphase.errors import BundleError
+    from liverphase.train.bundle import read_bundle_meta
+
+    (tmp_path / "bundle.json").write_text(json.dumps({"kind": "encoder", "model": "std_net"}))
+    with pytest.raises(BundleError, match="pretrained encoder.*--init"):
+        read_bundle_meta(tmp_path)

@@ -150,3 +150,30 @@ def test_check_folds_catches_a_patient_leak(cohort):
     folds[1]["train"].remove(victim)
     with pytest.raises(SplitError, match="on both sides"):
         check_folds(folds, ids, patients)
+
+
+def test_label_subset_keeps_a_share_of_each_class_by_patient():
+    from liverphase.data.splits import label_subset
+
+    ids = [f"c{i}" for i in range(40)]
+    patients = [f"p{i // 2}" for i in range(40)]  # two studies per patient
+    labels = ["a" if i < 20 else "b" for i in range(40)]
+    kept = label_subset(ids, patients, labels, 0.3, seed=1)
+    by_patient = {p for c, p in zip(ids, patients, strict=True) if c in kept}
+    # 10 patients per class -> 3 each, and both studies of a kept patient come along
+    assert len(by_patient) == 6 and len(kept) == 12
+    assert sum(labels[ids.index(c)] == "a" for c in kept) == 6
+    assert label_subset(ids, patients, labels, 0.3, seed=1) == kept
+    assert label_subset(ids, patients, labels, 0.3, seed=2) != kept
+    assert label_subset(ids, patients, labels, 1.0) == ids
+    # at least two patients per class, however small the share
+    assert (
+        len(
+            {
+                p
+                for c, p in zip(ids, patients, strict=True)
+                if c in label_subset(ids, patients, labels, 0.01)
+            }
+        )
+        == 4
+    )

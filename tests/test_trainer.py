@@ -423,3 +423,17 @@ def test_head_learning_rate_scale_gives_the_head_its_own_group():
         TrainConfig(head_lr_scale=0.0).validate()
     with pytest.raises(ConfigError, match="head"):
         build_optimizer(TrainConfig(head_lr_scale=2.0), torch.nn.Linear(2, 2))
+
+
+def test_resume_accepts_a_checkpoint_from_before_a_setting_existed(tmp_path):
+    """A checkpoint written before `loss`/`init`/`freeze_epochs` existed resumes: the missing
+    settings count as their defaults, while a real change is still refused."""
+    from liverphase.errors import ConfigError
+    from liverphase.train.config import TrainConfig
+    from liverphase.train.state import check_resumable
+
+    now = TrainConfig().to_dict()
+    old = {k: v for k, v in now.items() if k not in ("loss", "init", "freeze_epochs")}
+    check_resumable(old, now, tmp_path)
+    with pytest.raises(ConfigError, match="lr"):
+        check_resumable({**old, "lr": 0.5}, now, tmp_path)

@@ -315,6 +315,11 @@ def cv(
     loss: str | None = _LOSS,
     init: Path | None = _INIT,
     freeze_epochs: int | None = _FREEZE,
+    label_fraction: float | None = typer.Option(
+        None,
+        help="Train on this share of each class's training patients (a label-efficiency curve; "
+        "the test folds stay whole).",
+    ),
 ) -> None:
     """k-fold patient-level cross-validation: metrics with CIs, ROC, report and a bundle per fold."""
     from liverphase.evaluate.cv import run_cv
@@ -332,6 +337,7 @@ def cv(
         option,
         no_register,
         loss,
+        label_fraction,
     )
     kwargs.update(_init_kwargs(init, freeze_epochs))
     result = run_cv(
@@ -380,11 +386,7 @@ def pretrain(
 ) -> None:
     """Self-supervised pretraining of a model's per-phase encoder (labels ignored); `train`/`cv
     --init RUN/bundle` fine-tune from it."""
-    from liverphase.evaluate.cv import cached_items, make_experiment
-    from liverphase.io.nifti import open_dataset
-    from liverphase.models.registry import create_model
-    from liverphase.ssl.pretrain import PretrainConfig, pretrain_cases
-    from liverphase.ssl.pretrain import pretrain as run_pretrain
+    from liverphase.evaluate.pretrain import run_pretrain
     from liverphase.train.options import experiment_kwargs, parse_model_options
 
     kwargs = experiment_kwargs(
@@ -396,34 +398,16 @@ def pretrain(
         option=option,
         no_register=no_register,
     )
-    flags = {"method": method, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    flags = {"method": method, "epochs": epochs, "batch_size": batch_size, "lr": lr}
     settings = {
         **parse_model_options(ssl_option),
         **{k: v for k, v in flags.items() if v is not None},
     }
-    cfg = PretrainConfig.from_dict(settings, source="pretraining settings")
-    ds = open_dataset(dataset)
-    exp = make_experiment(ds, seed=seed, **kwargs)
-    ids = pretrain_cases(ds, exp.phases)
-    items = cached_items(ds, cache or out / "cache", exp.preprocess, workers, True, cases=ids)
-    classes = max(2, len(exp.class_names))
     result = run_pretrain(
-        [items[c] for c in ids if c in items],
-        out,
-        lambda: create_model(exp.model, classes, exp.phases, **exp.model_options),
-        cfg,
-        {
-            "model": exp.model,
-            "model_options": exp.model_options,
-            "phases": exp.phases,
-            "preprocessing": exp.preprocess.to_dict(),
-            "dataset": str(Path(dataset).resolve()),
-        },
-        resume=resume,
-        roi_channel=exp.preprocess.roi_channel,
+        dataset, out, kwargs, settings, seed=seed, cache_root=cache, workers=workers, resume=resume
     )
     last = result["history"][-1]
-    typer.echo(f"{cfg.method}: loss {last['loss']:.4f}, probe AUC {last['probe_auc']:.3f}")
+    typer.echo(f"{result['method']}: loss {last['loss']:.4f}, probe AUC {last['probe_auc']:.3f}")
     typer.echo(f"bundle: {result['bundle']}")
 
 

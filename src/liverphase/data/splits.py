@@ -202,3 +202,28 @@ def splits_from_json(obj: Mapping[str, Any] | str | Path) -> list[Fold]:
 def write_splits(path: str | Path, folds: Sequence[Fold]) -> None:
     """Write folds to splits.json atomically."""
     atomic_write_json(path, splits_to_json(folds))
+
+
+def label_subset(
+    train_ids: Sequence[str],
+    patient_ids: Sequence[Hashable] | Mapping[str, Hashable],
+    labels: Sequence[Hashable] | Mapping[str, Hashable],
+    fraction: float,
+    seed: int = 0,
+) -> list[str]:
+    """The cases of a seeded `fraction` of each class's patients (at least two per class), for a
+    label-efficiency curve: the training fold keeps only these labels, the test fold is untouched."""
+    ids = [str(c) for c in train_ids]
+    if not 0.0 < fraction <= 1.0:
+        raise SplitError(f"label fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return ids
+    patients = _aligned(patient_ids, ids, "patient_id")
+    by_label = _patient_labels(patients, _aligned(labels, ids, "label"))
+    rng = np.random.default_rng([seed, 7])
+    kept: set = set()
+    for lab in sorted({str(v) for v in by_label.values()}):
+        members = sorted((p for p, v in by_label.items() if str(v) == lab), key=str)
+        n = min(len(members), max(2, int(round(fraction * len(members)))))
+        kept.update(members[i] for i in rng.permutation(len(members))[:n])
+    return [c for c, p in zip(ids, patients, strict=True) if p in kept]

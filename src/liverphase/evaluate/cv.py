@@ -12,7 +12,12 @@ from typing import Any
 import numpy as np
 
 from liverphase.atomic import atomic_write_json
-from liverphase.data.splits import inner_validation_split, patient_folds, write_splits
+from liverphase.data.splits import (
+    inner_validation_split,
+    label_subset,
+    patient_folds,
+    write_splits,
+)
 from liverphase.errors import ConfigError
 from liverphase.evaluate.predictions import Predictions
 from liverphase.evaluate.report import write_cv_report
@@ -197,6 +202,10 @@ def _fit_fold(
 ) -> Trainer:
     labels = {c: items[c]["label"] for c in train_ids}
     patients = {c: items[c]["patient_id"] for c in train_ids}
+    if exp.train.label_fraction < 1.0:
+        train_ids = label_subset(
+            train_ids, patients, labels, exp.train.label_fraction, exp.train.seed
+        )
     tr, val = inner_validation_split(
         train_ids, patients, labels, fraction=exp.train.val_fraction, seed=exp.train.seed
     )

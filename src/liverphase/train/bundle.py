@@ -83,6 +83,12 @@ def read_bundle_meta(folder: str | Path) -> dict[str, Any]:
         raise BundleError(f"invalid JSON: {exc}", path) from None
     if not isinstance(meta, dict):
         raise BundleError("expected a JSON object at the top level", path)
+    if meta.get("kind") == "encoder":
+        raise BundleError(
+            "is a pretrained encoder (from `pretrain`), not a trained model: fine-tune it with "
+            "train/cv --init, then predict with that run's bundle",
+            path,
+        )
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise BundleError(f"missing key(s) {missing}", path)

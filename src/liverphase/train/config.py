@@ -57,6 +57,9 @@ class TrainConfig(ConfigBase):
     # the class term: cross-entropy, or CORAL's ordinal loss for ordered classes (stages), read
     # from the same logits (train.losses.coral_loss_from_logits)
     loss: str = "ce"
+    # the share of each class's training patients whose labels are used (a label-efficiency curve;
+    # `data.splits.label_subset`): the rest of the training fold is left out, the test fold is whole
+    label_fraction: float = 1.0
     # an encoder bundle (`liverphase pretrain` OUT/bundle) the model's encoder starts from, the
     # rest fresh; its parameters stay frozen for the first `freeze_epochs` epochs
     init: str | None = None
@@ -97,6 +100,8 @@ class TrainConfig(ConfigBase):
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", name)
         if any(a not in (0, 1, 2) for a in self.tta_flip_axes):
             raise ConfigError(f"axes must be 0, 1 or 2, got {self.tta_flip_axes}", "tta_flip_axes")
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ConfigError(f"must be in (0, 1], got {self.label_fraction}", "label_fraction")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"must be in [0, 1), got {self.val_fraction}", "val_fraction")
         if not self.model:

@@ -69,10 +69,17 @@ def experiment_kwargs(
     option: list[str] | None = None,
     no_register: bool = False,
     loss: str | None = None,
+    label_fraction: float | None = None,
 ) -> dict[str, Any]:
     """Profile + YAML config + explicit flags (flags win) into make_experiment's keyword arguments."""
     shared = config_overrides(config, option, no_register)
-    flags = (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("loss", loss))
+    flags = (
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("lr", lr),
+        ("loss", loss),
+        ("label_fraction", label_fraction),
+    )
     shared.update({k: v for k, v in flags if v is not None})
     return {
         "model": model,

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from liverphase.atomic import atomic_dir
 from liverphase.errors import BundleError, ConfigError
+from liverphase.train.config import TrainConfig
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
@@ -118,6 +119,12 @@ def check_resumable(saved: dict[str, Any], now: dict[str, Any], where: str | Pat
     """A ConfigError naming the settings that differ from the checkpoint's (resuming would not
     reproduce the uninterrupted run)."""
     now = json.loads(json.dumps(now))
+    # read the saved config through TrainConfig, so a setting added since the checkpoint was
+    # written counts as its default (the behaviour that run had), not as a change
+    try:
+        saved = json.loads(json.dumps(TrainConfig.from_dict(saved).to_dict()))
+    except ConfigError:
+        pass  # a setting this version no longer knows: compared as recorded
     changed = sorted(k for k in now if k not in RESUME_FREE and saved.get(k) != now[k])
     if changed:
         raise ConfigError(
