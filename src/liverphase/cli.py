@@ -541,13 +541,23 @@ def ablate(
     ),
     suite: str = typer.Option(
         "paper",
-        help="paper: MIFF+SPM's tables 1-5; std_net: STD-Net's temporal-module, phase and missing-phase tables 1-3; cirrhosis: staging per sequence (T1W, T2W, both), cirrhosis_msa 2D/3D vs radiomics.",
+        help="paper: MIFF+SPM's tables 1-5; std_net: STD-Net's temporal-module, phase and missing-phase tables 1-3; cirrhosis: staging per sequence (T1W, T2W, both), cirrhosis_msa 2D/3D vs radiomics; ssl: pretraining (none, mae, barlow) x label share, site A CV and --external site B.",
     ),
     seed: int = typer.Option(0),
     config: Path | None = _CONFIG,
     option: list[str] = _OPTION,
     workers: int = _WORKERS,
     time_steps: bool = _TIME_STEPS,
+    external: Path | None = typer.Option(
+        None, help="ssl suite: the second site's dataset, never pretrained or trained on."
+    ),
+    ssl_option: list[str] = typer.Option(
+        [],
+        "--ssl-option",
+        "-s",
+        help="ssl suite: a pretraining setting key=value (epochs=20, mask_ratio=0.75, ...), or "
+        "methods=[mae,barlow], label_fractions=[0.1,0.25,1], freeze_epochs=K.",
+    ),
 ) -> None:
     """A paper's experiments (networks, components, λ, channels, phases; or STD-Net's) in one command.
 
@@ -556,7 +566,7 @@ def ablate(
     --config and -o go to every row: training and preprocessing settings as given, each model option
     to the rows whose model takes it (a row's own options win: they are what its table varies)."""
     from liverphase.evaluate.ablate import parse_tables, run_ablate
-    from liverphase.train.options import config_overrides
+    from liverphase.train.options import config_overrides, parse_model_options
 
     chosen = parse_tables(tables, dataset, suite)
     shared = config_overrides(config, option)
@@ -573,6 +583,8 @@ def ablate(
         suite=suite,
         time_steps=time_steps,
         shared=shared,
+        external=external,
+        pretrain=parse_model_options(ssl_option),
     )
     typer.echo(f"report: {result['report']} ({result['seconds']:.0f} s)")
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from liverphase.atomic import atomic_write_json, atomic_write_text
 from liverphase.errors import ConfigError
-from liverphase.evaluate.ablate_runs import VARIANT_JSON, plan_runs, variant_key
+from liverphase.evaluate.ablate_runs import BASELINES, train_variants, variant_key
 from liverphase.evaluate.compare import (
     KINETICS,
     compare_runs,
@@ -37,11 +37,11 @@ from liverphase.evaluate.compare import (
     step_note,
     table_columns,
 )
-from liverphase.evaluate.cv import make_experiment, run_cv, run_record
 from liverphase.evaluate.missing_phase import missing_phase_run
 from liverphase.evaluate.report import markdown_table
+from liverphase.evaluate.ssl_suite import run_ssl_ablation
 from liverphase.evaluate.staging_suite import run_staging_suite, staging_tables
-from liverphase.io.nifti import NnUNetDataset, open_dataset
+from liverphase.io.nifti import open_dataset
 from liverphase.models.registry import model_defaults
 
 
@@ -50,13 +50,11 @@ def _variant(model: str, **options: Any) -> dict[str, Any]:
     return {"model": model, "model_options": options, **extra}
 
 
-# rows that are not networks: fitted by their own code on the runs' folds
-BASELINES = ("kinetics", "radiomics")
-
 SUITES = {
     "paper": "the four-phase CT paper's experiments (MIFF+SPM)",
     "std_net": "STD-Net's experiments (temporal module, phases, a missing phase)",
     "cirrhosis": "cirrhosis staging per sequence (cirrhosis_msa 2D and 3D vs radiomics)",
+    "ssl": "self-supervised pretraining's label efficiency on two sites (std_net)",
 }
 
 
@@ -74,6 +72,8 @@ def full_model(suite: str = "paper") -> dict[str, Any]:
         return _variant("std_net", temporal="transformer")
     if suite == "cirrhosis":
         return _variant("cirrhosis_msa")
+    if suite == "ssl":
+        return _variant("std_net")
     return _variant("miff_spm", miff=True, spm=True, mtl_lambda=0.5)
 
 
@@ -114,6 +114,8 @@ def experiment_tables(
         return std_net_tables(phases)
     if suite == "cirrhosis":
         return staging_tables(phases)
+    if suite == "ssl":
+        return {"1. Label efficiency": {"none": full_model(suite)}}
     full = full_model()
     tables: dict[str, dict[str, dict[str, Any]]] = {
         "1. MIFF+SPM vs other networks and the kinetics baseline": {
@@ -204,58 +206,6 @@ def _missing_phase_run(full: Path, dataset: str | Path, phase: str, out: Path, n
     return missing_phase_run(full, dataset, phase, out / "missing" / phase, out / "cache", n_boot)
 
 
-def train_variants(
-    ds: NnUNetDataset,
-    dataset: str | Path,
-    out: Path,
-    variants: list[dict[str, Any]],
-    folds: int,
-    profile: str,
-    seed: int,
-    epochs: int | None,
-    shared: dict[str, Any],
-    workers: int,
-    n_boot: int,
-    log: Callable[[str], None],
-) -> dict[str, Path]:
-    """Cross-validate every trained variant once into RUN/runs (variant key → run folder): a
-    finished run with the same settings is reused, an interrupted one continued."""
-    kwargs_of: dict[str, dict[str, Any]] = {}
-    records: dict[str, dict[str, Any]] = {}
-    # every row's experiment is built (and validated) before the first run starts
-    for variant in variants:
-        trained = variant["model"] not in BASELINES and "missing_phase" not in variant
-        if trained and variant_key(variant) not in records:
-            kwargs = {"profile": profile, **shared, **variant}
-            if epochs is not None:
-                kwargs["epochs"] = epochs
-            kwargs_of[variant_key(variant)] = kwargs
-            records[variant_key(variant)] = run_record(
-                make_experiment(ds, seed=seed, **kwargs), folds, seed
-            )
-    plan = plan_runs(out / "runs", records)
-    for key, (run_dir, state) in plan.items():
-        if state == "finished":
-            log(f"cv {run_dir.name}: reused, same settings ({kwargs_of[key]})")
-            continue
-        resumed = state == "started"
-        log(f"cv {run_dir.name}: {'continued, ' if resumed else ''}{kwargs_of[key]}")
-        atomic_write_json(run_dir / VARIANT_JSON, records[key])
-        run_cv(
-            dataset,
-            run_dir,
-            kwargs_of[key],
-            folds=folds,
-            seed=seed,
-            cache_root=out / "cache",
-            workers=workers,
-            n_boot=n_boot,
-            resume=resumed,  # an interrupted run goes on from its folds' last checkpoints
-            progress=False,
-        )
-    return {key: run_dir for key, (run_dir, _) in plan.items()}
-
-
 def run_ablate(
     dataset: str | Path,
     out: str | Path,
@@ -270,15 +220,33 @@ def run_ablate(
     suite: str = "paper",
     time_steps: bool = True,
     shared: dict[str, Any] | None = None,
+    external: str | Path | None = None,
+    pretrain: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run every variant of the chosen tables once (same folds, same seed) and write RUN/report.md.
 
     `shared` (`config_overrides` of --config and -o) goes to every row: training and preprocessing
-    settings as they are, each model option to the rows whose model takes it."""
+    settings as they are, each model option to the rows whose model takes it. The ssl suite also
+    needs `external` (site B) and takes `pretrain` (pretraining settings, `ssl_suite`)."""
     start = time.perf_counter()
     out = Path(out)
     ds = open_dataset(dataset)
     shared = dict(shared or {})
+    if suite == "ssl":
+        return run_ssl_ablation(
+            ds,
+            out,
+            shared,
+            external,
+            pretrain or {},
+            folds,
+            profile,
+            seed,
+            epochs,
+            workers,
+            n_boot,
+            log,
+        )
     options = shared.pop("model_options", None) or {}
     all_tables = experiment_tables(ds.phases, suite)
     chosen = {

@@ -4,24 +4,33 @@ interrupted one, and give any other variant a fresh `NN_model` folder."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from liverphase.atomic import atomic_write_json
 from liverphase.errors import ConfigError
+from liverphase.evaluate.cv import make_experiment, run_cv, run_record
+from liverphase.io.nifti import NnUNetDataset
 from liverphase.models.registry import model_defaults
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.train.config import TrainConfig
 
+# rows that are not networks: fitted by their own code on the runs' folds
+BASELINES = ("kinetics", "radiomics")
+TRAINING_KEYS = ("label_fraction", "init", "freeze_epochs")
+
 
 def variant_key(variant: dict[str, Any]) -> str:
     """A table row's identity: the same key is the same trained run, whichever table shows it."""
-    return json.dumps(
-        {
-            k: variant.get(k)
-            for k in ("model", "model_options", "phases", "in_channels", "missing_phase")
-        },
-        sort_keys=True,
-    )
+    key = {
+        k: variant.get(k)
+        for k in ("model", "model_options", "phases", "in_channels", "missing_phase")
+    }
+    # training keys only a few suites vary (the ssl suite's label share and encoder bundle) join
+    # the key when set, so the other suites' keys, and the runs they name, stay as they were
+    key.update({k: variant[k] for k in TRAINING_KEYS if k in variant})
+    return json.dumps(key, sort_keys=True)
 
 
 def _with_model_defaults(model: Any, options: Any) -> Any:
@@ -120,3 +129,55 @@ def plan_runs(runs_root: Path, records: dict[str, dict[str, Any]]) -> dict[str, 
                 index += 1
             plan[key] = (name, "new")
     return plan
+
+
+def train_variants(
+    ds: NnUNetDataset,
+    dataset: str | Path,
+    out: Path,
+    variants: list[dict[str, Any]],
+    folds: int,
+    profile: str,
+    seed: int,
+    epochs: int | None,
+    shared: dict[str, Any],
+    workers: int,
+    n_boot: int,
+    log: Callable[[str], None],
+) -> dict[str, Path]:
+    """Cross-validate every trained variant once into RUN/runs (variant key → run folder): a
+    finished run with the same settings is reused, an interrupted one continued."""
+    kwargs_of: dict[str, dict[str, Any]] = {}
+    records: dict[str, dict[str, Any]] = {}
+    # every row's experiment is built (and validated) before the first run starts
+    for variant in variants:
+        trained = variant["model"] not in BASELINES and "missing_phase" not in variant
+        if trained and variant_key(variant) not in records:
+            kwargs = {"profile": profile, **shared, **variant}
+            if epochs is not None:
+                kwargs["epochs"] = epochs
+            kwargs_of[variant_key(variant)] = kwargs
+            records[variant_key(variant)] = run_record(
+                make_experiment(ds, seed=seed, **kwargs), folds, seed
+            )
+    plan = plan_runs(out / "runs", records)
+    for key, (run_dir, state) in plan.items():
+        if state == "finished":
+            log(f"cv {run_dir.name}: reused, same settings ({kwargs_of[key]})")
+            continue
+        resumed = state == "started"
+        log(f"cv {run_dir.name}: {'continued, ' if resumed else ''}{kwargs_of[key]}")
+        atomic_write_json(run_dir / VARIANT_JSON, records[key])
+        run_cv(
+            dataset,
+            run_dir,
+            kwargs_of[key],
+            folds=folds,
+            seed=seed,
+            cache_root=out / "cache",
+            workers=workers,
+            n_boot=n_boot,
+            resume=resumed,  # an interrupted run goes on from its folds' last checkpoints
+            progress=False,
+        )
+    return {key: run_dir for key, (run_dir, _) in plan.items()}

@@ -84,8 +84,10 @@ def evaluate_run(
     workers: int = 1,
     n_boot: int = 1000,
     progress: bool = True,
+    cache_root: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate RUN's bundle (or the mean of its fold bundles) on DATASET; writes a report folder."""
+    """Evaluate RUN's bundle (or the mean of its fold bundles) on DATASET; writes a report folder
+    (the crops go to `cache_root`, default OUT/cache)."""
     bundles = run_bundles(run)
     ds = open_dataset(dataset)
     out = Path(out) if out else Path(run) / f"evaluate_{ds.root.name}"
@@ -110,7 +112,9 @@ def evaluate_run(
         ids = [c.case_id for c in ds.cases if c.label]  # unlabeled rows cannot be scored
         if not ids:
             raise DatasetError("no labeled case to evaluate on", ds.root / "cases.csv")
-        items = cached_items(ds, out / "cache", pre, workers, progress, cases=ids)
+        items = cached_items(
+            ds, Path(cache_root) if cache_root else out / "cache", pre, workers, progress, cases=ids
+        )
         flips = tuple((meta.get("training") or {}).get("tta_flip_axes") or ())
         probs, lesion = predict_items(
             model,

@@ -65,9 +65,15 @@ def named_patterns(
 
 
 def plot_kinetics(
-    kinetics: dict[str, Any], path: str | Path, title: str = "Enhancement kinetics"
+    kinetics: dict[str, Any],
+    path: str | Path,
+    title: str = "Enhancement kinetics",
+    unit: str = "HU",
 ) -> Path:
-    """Line plot of lesion core, rim and liver mean value per phase, saved atomically as PNG."""
+    """Line plot of lesion core, rim and liver mean value per phase, saved atomically as PNG.
+
+    `unit` labels the y axis: HU for CT, the signal's own unit for MRI (which has no HU).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,7 +93,7 @@ def plot_kinetics(
             marker="o",
             label=f"lesion {key}" if key != "liver" else "liver",
         )
-    ax.set_ylabel("mean HU")
+    ax.set_ylabel(f"mean {unit}")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -143,11 +143,11 @@ def _staging(pred: dict[str, Any]) -> str:
     return out
 
 
-def _kinetics_figure(raw: dict[str, Any]) -> str:
+def _kinetics_figure(raw: dict[str, Any], unit: str) -> str:
     from liverphase.explain.kinetics import plot_kinetics
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = plot_kinetics(raw, Path(tmp) / "kinetics.png")
+        path = plot_kinetics(raw, Path(tmp) / "kinetics.png", unit=unit)
         return _data_uri(path.read_bytes())
 
 
@@ -218,6 +218,7 @@ def _kinetics(pred: dict[str, Any], ctx: ReportContext) -> str:
     if not kin:
         return "<p class='muted'>no kinetics (no lesion region)</p>"
     unit = "hu" if ctx.modality == "ct" else "signal"
+    axis_unit = "HU" if ctx.modality == "ct" else "signal (a.u.)"  # MRI signal has no HU
     rows = [
         [
             p,
@@ -229,7 +230,7 @@ def _kinetics(pred: dict[str, Any], ctx: ReportContext) -> str:
         for p, row in kin.items()
     ]
     out = (
-        f"<img alt='enhancement kinetics' src='{_kinetics_figure(ctx.raw_kinetics)}'>"
+        f"<img alt='enhancement kinetics' src='{_kinetics_figure(ctx.raw_kinetics, axis_unit)}'>"
         if ctx.raw_kinetics
         else ""
     )
