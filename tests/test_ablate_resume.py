@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from _predict_support import make_cohort
-from liverphase.evaluate import ablate
+from liverphase.evaluate import ablate, ablate_runs
 from liverphase.evaluate.ablate import experiment_tables
 from liverphase.evaluate.ablate_runs import VARIANT_JSON, plan_run_dirs, variant_key
 from liverphase.evaluate.cv import make_experiment, run_record
@@ -60,7 +60,7 @@ def test_run_ablate_marks_a_run_and_resumes_it_after_a_kill(
         assert json.loads((Path(run_dir) / VARIANT_JSON).read_text())["model"] == "miff_spm"
         raise Killed
 
-    monkeypatch.setattr(ablate, "run_cv", killed_cv)
+    monkeypatch.setattr(ablate_runs, "run_cv", killed_cv)
     for _ in range(2):
         with pytest.raises(Killed):
             ablate.run_ablate(

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from liverphase.errors import LiverphaseError
+from liverphase.errors import LiverphaseError, os_error_message
 
 app = typer.Typer(
     add_completion=False,
@@ -24,7 +24,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(fn: F) -> F:
-    """Turn LiverphaseError into one line on stderr and exit code 2; anything else is a bug (exit 1)."""
+    """Turn LiverphaseError and filesystem OSErrors into one line on stderr and exit code 2;
+    anything else is a bug (exit 1)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -32,6 +33,14 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except LiverphaseError as exc:
             typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:
+            # a read-only or full disk, or a file where a folder should be: the user's to fix,
+            # in every command alike
+            message = os_error_message(exc)
+            if message is None:
+                raise
+            typer.echo(f"error: {message}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -77,7 +86,9 @@ def synth(
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same cohort."),
     classes: int = typer.Option(2, help="ct: 2 (HCC, ICC) or 5 (+ hemangioma, cyst, metastasis)."),
     dicom: int = typer.Option(
-        0, min=0, help="ct: also write the first K cases as DICOM studies in OUT/dicom/."
+        0,
+        min=0,
+        help="ct and mri-dce: also write the first K cases as DICOM studies in OUT/dicom/.",
     ),
     difficulty: str = typer.Option("realistic", help="ct: easy (textbook kinetics) or realistic."),
     healthy: int = typer.Option(
@@ -92,7 +103,7 @@ def synth(
         "resolution; an external test set).",
     ),
     preset: str = typer.Option(
-        "default", help="Grid preset: default, tiny (tests) or realistic (512² CT)."
+        "default", help="Grid preset: default, or tiny (small grids, for tests)."
     ),
 ) -> None:
     """Make a synthetic cohort: multi-phase CT lesions, T1W/T2W MRI of cirrhosis stages, or DCE-MRI."""
@@ -465,8 +476,9 @@ def predict(
         bundle, study, out, case=case, mask=mask, bbox=box, bbox_units=bbox_units, keep_phi=keep_phi
     )
     if "summary" in result:
+        # dataset mode: "cases" is the number of cases, "failed" the list of failed case ids
         typer.echo(
-            f"{len(result.get('cases', []))} case(s), {len(result.get('failed', {}))} failed; summary: {Path(out) / 'summary.csv'}"
+            f"{result['cases']} case(s), {len(result['failed'])} failed; summary: {result['summary']}"
         )
     else:
         probs = ", ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items())
@@ -613,9 +625,17 @@ def compare(
     time_steps: bool = _TIME_STEPS,
 ) -> None:
     """Compare cv runs: AUC, accuracy, F1 with patient-bootstrap CIs and DeLong p against the first run."""
-    from liverphase.evaluate.compare import compare_runs, label_runs, step_note, write_comparison
+    from liverphase.evaluate.compare import (
+        check_cv_run,
+        compare_runs,
+        label_runs,
+        step_note,
+        write_comparison,
+    )
     from liverphase.evaluate.missing_phase import with_missing_phase_runs
 
+    for run in runs:
+        check_cv_run(run)
     labels = label_runs(runs)
     reference = next(iter(labels))
     if missing_phases:
@@ -630,6 +650,41 @@ def compare(
         f"Dataset {data}; same patient-level folds for every row. {step_note(rows)}",
     )
     typer.echo(path.read_text())
+
+
+@app.command("import")
+@user_errors
+def import_dataset(
+    name: str = typer.Argument(None, help="Dataset: cirrmri600, plc-cect or mct-ltdiag."),
+    src: Path = typer.Argument(None, help="The dataset as published (never modified)."),
+    out: Path = typer.Argument(None, help="New folder for the liverphase dataset."),
+    list_: bool = typer.Option(False, "--list", help="List the importers and exit."),
+    merge_metastases: bool = typer.Option(
+        False, "--merge-metastases", help="mct-ltdiag: BCLM + CRLM as one class (the benchmark's)."
+    ),
+    roi: str = typer.Option(
+        None, help="plc-cect: lesion (PV lesion mask; controls left out) or organ (liver mask)."
+    ),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Import a public dataset as published into a liverphase dataset, with a summary of its faults."""
+    from liverphase.errors import ConfigError
+    from liverphase.io.importers import get_importer, list_importers
+
+    if list_:
+        for key, text in list_importers().items():
+            typer.echo(f"{key:12s} {text}")
+        return
+    if name is None or src is None or out is None:
+        raise ConfigError("give NAME SRC OUT (or --list)", "import")
+    options: dict[str, Any] = {}
+    if merge_metastases:
+        options["merge_metastases"] = True
+    if roi is not None:
+        options["roi"] = roi
+    summary = get_importer(name)(src, out, progress=progress, **options)
+    for line in summary.lines():
+        typer.echo(line)
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -36,3 +37,20 @@ class ConfigError(LiverphaseError):
 
 class BundleError(LiverphaseError):
     """A checkpoint bundle is missing, damaged or does not match the model."""
+
+
+# errno values that are the machine's state, not a bug, even when the error names no file
+_FILESYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def os_error_message(exc: OSError) -> str | None:
+    """One line naming the path for a filesystem OSError (permission, full disk, a file where a
+    folder should be, ...); None for an OSError that is not about a path (left a bug, exit 1)."""
+    if exc.filename is None and exc.errno not in _FILESYSTEM_ERRNOS:
+        return None
+    problem = exc.strerror or type(exc).__name__
+    if exc.filename is None:
+        return problem
+    if exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {problem}"
+    return f"{exc.filename}: {problem}"

@@ -71,6 +71,12 @@ def patient_folds(
         raise SplitError(f"cross-validation needs at least 2 folds, got k={k}")
     per_class = _patients_per_class(patients, labs)
     smallest = min(per_class, key=lambda lab: per_class[lab])
+    if per_class[smallest] < 2:
+        # "--folds 1 or fewer" would be no advice: cross-validation needs 2 folds at least
+        raise SplitError(
+            f"class {smallest!r} has only {per_class[smallest]} patient(s): cross-validation "
+            f"needs at least 2 patients of every class; add patients of class {smallest!r}"
+        )
     if k > per_class[smallest]:
         raise SplitError(
             f"k={k} folds but class {smallest!r} has only {per_class[smallest]} patient(s): "

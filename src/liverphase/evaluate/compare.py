@@ -75,6 +75,18 @@ def step_note(rows: Sequence[dict[str, Any]]) -> str:
     return (TIMED_NOTE.format(threads=torch.get_num_threads()) if timed else "") + LOGS_NOTE
 
 
+def check_cv_run(run: Path) -> None:
+    """A finished cv RUN (splits.json and predictions.csv), else one DatasetError saying what it is."""
+    run = Path(run)
+    if not run.is_dir():
+        raise DatasetError("run folder not found", run)
+    if not (run / "splits.json").is_file() and (run / "bundle" / "bundle.json").is_file():
+        raise DatasetError("is a `train` run (one bundle, no folds); compare takes `cv` runs", run)
+    missing = [n for n in ("splits.json", "predictions.csv") if not (run / n).is_file()]
+    if missing:
+        raise DatasetError(f"no {' or '.join(missing)}: not a finished cv run", run)
+
+
 def oof_probs(run: Path) -> tuple[list[str], np.ndarray]:
     """Case ids and out-of-fold probabilities of a cv RUN (predictions.csv)."""
     path = Path(run) / "predictions.csv"
@@ -238,6 +250,8 @@ def compare_runs(
     folds. With `time_steps` each run's network is timed here (TIMED_NOTE); `timings` keeps those
     seconds across calls (timed_step_seconds)."""
     timings = {} if timings is None else timings
+    for run in runs.values():  # every run, before any work: not only the reference
+        check_cv_run(run)
     ds = open_dataset(dataset)
     ref_run = runs[reference]
     case_ids, _ = oof_probs(ref_run)

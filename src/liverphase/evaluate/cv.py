@@ -24,7 +24,7 @@ from liverphase.evaluate.report import write_cv_report
 from liverphase.evaluate.segmentation import evaluate_segmentation
 from liverphase.evaluate.slices import staging_results
 from liverphase.io.nifti import NnUNetDataset, open_dataset
-from liverphase.models.registry import create_model, model_info
+from liverphase.models.registry import create_model, model_defaults, model_info
 from liverphase.preprocess.build import preprocess_dataset
 from liverphase.preprocess.cache import PreprocessCache
 from liverphase.preprocess.config import PreprocessConfig
@@ -97,6 +97,14 @@ def make_experiment(
             f"phases {unknown} are not in the dataset (it has {ds.phases})", "--phases"
         )
     options = {"in_channels": in_channels, **(model_options or {})}
+    # an unknown option would otherwise be a TypeError from the constructor, after preprocessing
+    takes = model_defaults(model)
+    unknown_options = sorted(k for k in options if k not in takes)
+    if unknown_options:
+        raise ConfigError(
+            f"model {model!r} has no option(s) {unknown_options}; it takes {sorted(takes)}",
+            "--option / model_options",
+        )
     train = profile_config(profile, model=model, model_options=options, **train_overrides)
     if model == "miff_spm" and "mtl_lambda" not in options:
         options["mtl_lambda"] = train.mtl_lambda

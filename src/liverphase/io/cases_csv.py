@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,10 @@ from liverphase.atomic import atomic_write_text
 from liverphase.errors import DatasetError
 
 CASES_CSV = "cases.csv"
+# A case id names files and output folders (imagesTr/<id>_0000.nii.gz, OUT/<id>/): no path separator,
+# no leading dot, so no id read from a cases.csv can reach outside its folder.
+CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+CASE_ID_RULE = "letters, digits, '_', '-', '.', starting with a letter or digit"
 
 
 @dataclass
@@ -42,23 +47,36 @@ def _parse_bbox(text: str, where: Path, case_id: str) -> tuple[int, int, int, in
     return tuple(vals)  # type: ignore[return-value]
 
 
+def _decode(data: bytes, path: Path) -> str:
+    """cases.csv as text: UTF-8 (a BOM, as Excel writes it, is dropped), else Latin-1."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data:
+        raise DatasetError("is UTF-16 text (Excel 'Unicode Text'); save it as 'CSV UTF-8'", path)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        # Not UTF-8: an older spreadsheet export in Latin-1/Windows-1252. Every byte decodes in
+        # Latin-1 and case ids are ASCII anyway, so at worst an accent in a free-text column differs.
+        return data.decode("latin-1")
+
+
 def read_cases_csv(path: Path) -> list[CaseRecord]:
     """Read and validate cases.csv (duplicate ids are errors; an empty label is an unlabeled case)."""
     if not path.is_file():
         raise DatasetError("cases.csv not found (needs case_id, patient_id, label)", path)
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields = reader.fieldnames or []
-        missing = [c for c in ("case_id", "patient_id", "label") if c not in fields]
-        if missing:
-            raise DatasetError(f"missing column(s) {missing}", path)
-        rows = list(reader)
+    reader = csv.DictReader(io.StringIO(_decode(path.read_bytes(), path), newline=""))
+    fields = reader.fieldnames or []
+    missing = [c for c in ("case_id", "patient_id", "label") if c not in fields]
+    if missing:
+        raise DatasetError(f"missing column(s) {missing}", path)
+    rows = list(reader)
     records: list[CaseRecord] = []
     seen: set[str] = set()
     for line, row in enumerate(rows, start=2):
         cid = (row.get("case_id") or "").strip()
         if not cid:
             raise DatasetError(f"line {line}: empty case_id", path)
+        if not CASE_ID.match(cid):
+            raise DatasetError(f"line {line}: case_id {cid!r} must be {CASE_ID_RULE}", path)
         if cid in seen:
             raise DatasetError(f"line {line}: duplicate case_id {cid!r}", path)
         seen.add(cid)

@@ -56,9 +56,20 @@ def _read_nifti(path: Path) -> tuple[sitk.Image, np.ndarray]:
         arr = np.asanyarray(nii.dataobj)
     except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError, zlib.error) as exc:
         raise InputFileError(f"truncated or unreadable NIfTI ({_first_line(exc)})", path) from None
-    arr = np.squeeze(arr, axis=tuple(range(3, arr.ndim))) if arr.ndim > 3 else arr
-    if arr.ndim != 3:
-        return sitk.GetImageFromArray(np.zeros((1, 1, 1))), arr
+    # Trailing length-1 axes (x*y*z*1, as some tools write 3D volumes) are harmless; anything else
+    # is not one scalar volume, and must be refused here rather than cached as a constant phase.
+    extra = arr.shape[3:]
+    if arr.ndim < 3 or any(n != 1 for n in extra):
+        what = "a time series or multi-channel image?" if arr.ndim > 3 else "a single slice?"
+        raise InputFileError(
+            f"expected a 3D image, got {arr.ndim}D of shape {tuple(arr.shape)} ({what})", path
+        )
+    arr = arr.reshape(arr.shape[:3])
+    if arr.dtype.kind not in "buif":
+        kind = "RGB" if arr.dtype.names else str(arr.dtype)
+        raise InputFileError(
+            f"expected scalar voxels, got {kind} (a colour or vector image?)", path
+        )
     affine = nii.affine
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     if np.any(zooms <= 0):
@@ -133,11 +144,18 @@ class NnUNetDataset:
         if not meta_path.is_file():
             raise DatasetError("dataset.json not found: not an nnU-Net raw dataset", meta_path)
         try:
-            self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+            self.meta: dict[str, Any] = json.loads(meta_path.read_bytes().decode("utf-8-sig"))
         except json.JSONDecodeError as exc:
             raise DatasetError(
                 f"invalid JSON ({exc.msg} at line {exc.lineno})", meta_path
             ) from None
+        except UnicodeDecodeError:
+            raise DatasetError("not UTF-8 text (JSON must be UTF-8)", meta_path) from None
+        if not isinstance(self.meta, dict):
+            raise DatasetError(
+                f"expected a JSON object at the top level, got a {type(self.meta).__name__}",
+                meta_path,
+            )
         channels = self.meta.get("channel_names")
         if not isinstance(channels, dict) or not channels:
             raise DatasetError("'channel_names' missing or empty", meta_path)
@@ -323,6 +341,16 @@ def check_mask(mask: sitk.Image, reference: sitk.Image, path: Path, reference_ph
         raise InputFileError("mask is empty (no lesion voxel)", path)
     if np.any(arr < 0) or np.any(np.asarray(arr) != np.round(arr)):
         raise InputFileError("mask holds non-integer or negative values", path)
+    # Masks are binary (0 background, 1 lesion or organ): segmenting models take the label as a
+    # class index, so a 2 or 255 would otherwise fail deep inside training.
+    if arr.max() > 1:  # max first: np.unique sorts the whole volume
+        labels = np.unique(arr)
+        found = [int(v) for v in labels[:10]]
+        raise InputFileError(
+            f"mask holds labels {found}{' ...' if len(labels) > 10 else ''}; expected 0 "
+            "(background) and 1 (lesion or organ): set every foreground voxel to 1",
+            path,
+        )
 
 
 def open_dataset(root: str | Path) -> NnUNetDataset:

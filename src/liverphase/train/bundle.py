@@ -12,13 +12,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import liverphase
-from liverphase.atomic import atomic_dir, atomic_write_json
+from liverphase.atomic import atomic_dir, atomic_write_json, file_sha256
 from liverphase.errors import BundleError
 from liverphase.models.registry import MultiPhaseModel, create_model
 
 WEIGHTS = "model.safetensors"
 META = "bundle.json"
 FORMAT = "liverphase-bundle-1"
+# bundle.json key holding the SHA-256 of model.safetensors (absent in bundles written before it)
+WEIGHTS_SHA256 = "weights_sha256"
 REQUIRED = ("liverphase_version", "model", "model_options", "class_names", "phases", "in_channels")
 # Contract fields a bundle always has (null when the caller gives none).
 OPTIONAL = ("preprocessing", "training", "split", "metrics", "seed")
@@ -65,8 +67,23 @@ def save_bundle(
         # One metadata entry only: safetensors writes a map's entries in no fixed order, and
         # byte-identical files for identical weights are what resume tests compare.
         save_file(weights, str(tmp / WEIGHTS), metadata={"model": full["model"]})
+        # of the file as written (a caller's meta may carry an older bundle's checksum)
+        full[WEIGHTS_SHA256] = file_sha256(tmp / WEIGHTS)
         atomic_write_json(tmp / META, full)
     return folder
+
+
+def check_weights_sha256(meta: dict[str, Any], weights_path: Path) -> None:
+    """Refuse weights whose SHA-256 is not the one bundle.json records (none recorded: unchecked)."""
+    expected = meta.get(WEIGHTS_SHA256)
+    if expected is None:
+        return  # a bundle written before checksums were recorded
+    if file_sha256(weights_path) != expected:
+        raise BundleError(
+            f"SHA-256 differs from the {WEIGHTS_SHA256} in bundle.json: the weights were modified "
+            "or damaged after the bundle was written",
+            weights_path,
+        )
 
 
 def read_bundle_meta(folder: str | Path) -> dict[str, Any]:
@@ -130,6 +147,8 @@ def load_bundle(
             weights_path,
         )
     _check_tensors(model, shapes, weights_path)
+    # after the structural checks, which name a wrong or truncated file more precisely
+    check_weights_sha256(meta, weights_path)
     try:
         tensors = load_file(str(weights_path), device="cpu")
     except Exception as exc:
