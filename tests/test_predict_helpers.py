@@ -105,3 +105,20 @@ def test_model_auc_comes_from_the_cv_run_beside_the_bundle(tmp_path):
         {"label": "HCC", "probabilities": {"HCC": 0.9, "ICC": 0.1}, "model_performance": perf}
     )
     assert "Model AUC 0.871 (95% CI 0.800–0.930)" in html and "40 cases" in html
+
+
+def test_a_validation_auc_on_few_studies_is_flagged_as_noise(tmp_path):
+    """A bundle's own validation AUC names how many studies it rests on, and a handful is flagged."""
+    from liverphase.inference.context import cv_metrics
+    from liverphase.inference.report_html import _probabilities
+
+    bundle = tmp_path / "train" / "bundle"
+    bundle.mkdir(parents=True)
+    pred = {"label": "HCC", "probabilities": {"HCC": 0.9, "ICC": 0.1}}
+    few = cv_metrics(bundle, {"metrics": {"val_auc": 0.0}, "split": {"validation": ["a", "b"]}})
+    assert few["n_cases"] == 2
+    html = _probabilities({**pred, "model_performance": few})
+    assert "2 cases (too few to measure performance)" in html
+    many = {"metrics": {"val_auc": 0.8}, "split": {"validation": [f"c{i}" for i in range(40)]}}
+    html = _probabilities({**pred, "model_performance": cv_metrics(bundle, many)})
+    assert "40 cases" in html and "too few" not in html

@@ -74,10 +74,13 @@ def cv_metrics(bundle_dir: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
     own = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
     for key, kind in (("auc", "bundle metrics"), ("val_auc", "validation split, best epoch")):
         if own.get(key) is not None:
+            split = meta.get("split") if isinstance(meta.get("split"), dict) else {}
+            held_out = split.get("validation") if key == "val_auc" else split.get("test")
             return {
                 "kind": kind,
                 "auc": own[key],
                 "auc_ci": own.get(f"{key}_ci"),
+                "n_cases": len(held_out) if isinstance(held_out, list) and held_out else None,
                 "source": "bundle.json",
             }
     return None

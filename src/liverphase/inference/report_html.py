@@ -159,6 +159,10 @@ def _bar(value: float | None, scale: float = 1.0) -> str:
     return f"<div class='bar'><div class='{cls}' style='width:{frac:.1f}%'></div></div>"
 
 
+# fewer held-out studies than this and a reported AUC is noise, not a measurement
+SMALL_EVALUATION = 20
+
+
 def _probabilities(pred: dict[str, Any]) -> str:
     perf = pred.get("model_performance")
     if perf and perf.get("acc") is not None and perf.get("qwk") is not None:
@@ -175,6 +179,9 @@ def _probabilities(pred: dict[str, Any]) -> str:
         auc = f"Model AUC {perf['auc']:.3f}{ci_text} — {_e(perf.get('kind', ''))}"
         if perf.get("n_cases"):
             auc += f", {perf['n_cases']} cases"
+            if perf["n_cases"] < SMALL_EVALUATION:
+                # an AUC on a handful of studies says nothing about the model: say so beside it
+                auc += " (too few to measure performance)"
     else:
         auc = "Model AUC: not available (no cross-validation metrics found beside the bundle)"
     rows = "".join(

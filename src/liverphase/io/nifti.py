@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,11 +14,16 @@ import SimpleITK as sitk
 
 from liverphase.atomic import atomic_path, atomic_write_json
 from liverphase.errors import DatasetError, GeometryError, InputFileError, LiverphaseError
-from liverphase.io.cases_csv import CASES_CSV, CaseRecord, read_cases_csv, write_cases_csv
+from liverphase.io.cases_csv import (
+    CASE_ID,
+    CASE_ID_RULE,
+    CASES_CSV,
+    CaseRecord,
+    read_cases_csv,
+    write_cases_csv,
+)
 from liverphase.io.study import Study, same_grid
 from liverphase.phases import DEFAULT_REFERENCE_PHASE
-
-_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 def read_image(path: str | Path) -> sitk.Image:
@@ -386,10 +390,8 @@ class NnUNetWriter:
         self, study: Study, flip_axes: Sequence[int] = (), extra: dict[str, object] | None = None
     ) -> None:
         """Write one study's phases (and mask), optionally stored with flipped axes."""
-        if not _CASE_ID.match(study.case_id):
-            raise DatasetError(
-                f"case id {study.case_id!r} must be letters, digits, '_', '-', '.'", self.root
-            )
+        if not CASE_ID.match(study.case_id):
+            raise DatasetError(f"case id {study.case_id!r} must be {CASE_ID_RULE}", self.root)
         missing = [p for p in self.phases if p not in study.phases]
         if missing and (not self.allow_missing or len(missing) == len(self.phases)):
             raise DatasetError(f"study {study.case_id!r} lacks phase(s) {missing}", self.root)
