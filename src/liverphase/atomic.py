@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from liverphase.errors import BundleError
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -100,3 +102,21 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# bundle.json key holding the SHA-256 of model.safetensors (model and encoder bundles alike;
+# absent in bundles written before it)
+WEIGHTS_SHA256 = "weights_sha256"
+
+
+def check_weights_sha256(meta: dict[str, Any], weights_path: Path) -> None:
+    """Refuse weights whose SHA-256 is not the one bundle.json records (none recorded: unchecked)."""
+    expected = meta.get(WEIGHTS_SHA256)
+    if expected is None:
+        return  # a bundle written before checksums were recorded
+    if file_sha256(weights_path) != expected:
+        raise BundleError(
+            f"SHA-256 differs from the {WEIGHTS_SHA256} in bundle.json: the weights were modified "
+            "or damaged after the bundle was written",
+            weights_path,
+        )

@@ -98,6 +98,20 @@ def oof_probs(run: Path) -> tuple[list[str], np.ndarray]:
     return [r["case_id"] for r in rows], np.array([[float(r[c]) for c in cols] for r in rows])
 
 
+def aligned_predictions(run: Path, case_ids: list[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Labels (class index), patient ids and probabilities of a run, in `case_ids` order."""
+    with open(run / "predictions.csv", newline="") as fh:
+        rows = {r["case_id"]: r for r in csv.DictReader(fh)}
+    missing = [c for c in case_ids if c not in rows]
+    if missing:
+        raise DatasetError(f"no predictions for {missing[:3]}", run / "predictions.csv")
+    cols = [c for c in next(iter(rows.values())) if c.startswith("prob_")]
+    names = [c[len("prob_") :] for c in cols]
+    labels = np.array([names.index(rows[c]["label"]) for c in case_ids])
+    probs = np.array([[float(rows[c][k]) for k in cols] for c in case_ids])
+    return labels, [rows[c]["patient_id"] for c in case_ids], probs
+
+
 def _log_rows(run: Path) -> list[dict[str, str]]:
     """Every epoch row of the folds' log.csv files (epochs of every sitting of a resumed run)."""
     rows: list[dict[str, str]] = []

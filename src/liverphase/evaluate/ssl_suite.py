@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from liverphase.atomic import atomic_write_json, atomic_write_text
-from liverphase.errors import ConfigError, DatasetError
+from liverphase.errors import ConfigError
 from liverphase.evaluate.ablate_runs import train_variants, variant_key
-from liverphase.evaluate.compare import oof_probs
+from liverphase.evaluate.compare import aligned_predictions, log_seconds, oof_probs
 from liverphase.evaluate.external import evaluate_run
 from liverphase.evaluate.pretrain import run_pretrain
 from liverphase.evaluate.report import markdown_table
@@ -77,7 +77,9 @@ def check_ssl_inputs(
     if unknown:
         raise ConfigError(f"site B has labels {unknown} site A lacks", external.root / "cases.csv")
     if not fractions or any(not 0 < f <= 1 for f in fractions):
-        raise ConfigError(f"label fractions must lie in (0, 1], got {list(fractions)}", "--suite")
+        raise ConfigError(
+            f"label fractions must lie in (0, 1], got {list(fractions)}", "--ssl-option"
+        )
     if not methods:
         raise ConfigError("name at least one pretraining method", "--ssl-option")
 
@@ -116,37 +118,34 @@ def pretrain_methods(
     workers: int,
     log: Callable[[str], None],
 ) -> dict[str, Path]:
-    """Each method's encoder bundle under RUN/pretrain/<method>: a finished pretraining is reused,
-    an interrupted one continued from its checkpoint (the settings must match)."""
+    """Each method's encoder bundle under RUN/pretrain/<method>. A pretraining already there is
+    resumed from its checkpoint, which refuses other settings: a finished one gains no epoch
+    (reused), an interrupted one goes on."""
     bundles = {}
-    epochs = int(settings.get("epochs", 20))
     for method in methods:
         folder = out / "pretrain" / method
-        done = _pretrain_epochs(folder)
-        if done < epochs:
-            log(f"pretrain {method}: {'continued at epoch ' + str(done) if done else 'started'}")
-            run_pretrain(
-                dataset,
-                folder,
-                exp_kwargs,
-                {**settings, "method": method},
-                seed=seed,
-                cache_root=out / "cache",
-                workers=workers,
-                resume=(folder / "checkpoint").exists(),
-                progress=False,
-            )
-        else:
-            log(f"pretrain {method}: reused ({done} epochs)")
+        before = _bundle_epochs(folder)
+        result = run_pretrain(
+            dataset,
+            folder,
+            exp_kwargs,
+            {**settings, "method": method},
+            seed=seed,
+            cache_root=out / "cache",
+            workers=workers,
+            resume=(folder / "checkpoint").exists(),
+            progress=False,
+        )
+        done = len(result["history"])
+        log(f"pretrain {method}: {'reused' if done == before else 'trained'} ({done} epochs)")
         bundles[method] = folder / "bundle"
     return bundles
 
 
-def _pretrain_epochs(folder: Path) -> int:
+def _bundle_epochs(folder: Path) -> int:
+    """Epochs the bundle in FOLDER/bundle holds (0 without one)."""
     path = folder / "bundle" / "bundle.json"
-    if not path.is_file():
-        return 0
-    return int(json.loads(path.read_text()).get("epochs") or 0)
+    return int(json.loads(path.read_text()).get("epochs") or 0) if path.is_file() else 0
 
 
 def external_run(run: Path, external: str | Path, cache: Path, n_boot: int) -> Path:
@@ -163,29 +162,18 @@ def _auc(folder: Path) -> tuple[float, list[float]]:
     return pooled["auc"], pooled["auc_ci"]
 
 
-def _labels(folder: Path, ids: list[str], positive: str) -> np.ndarray:
-    with open(folder / "predictions.csv", newline="") as fh:
-        truth = {r["case_id"]: r["label"] for r in csv.DictReader(fh)}
-    return np.array([truth[c] == positive for c in ids], dtype=int)
-
-
 def delong_against(folder: Path, reference: Path, positive: str) -> float:
-    """DeLong's two-sided p between two prediction folders on the cases they share."""
-    ids, probs = oof_probs(folder)
-    ref_ids, ref_probs = oof_probs(reference)
-    if sorted(ids) != sorted(ref_ids):
-        raise DatasetError("the runs predicted other cases than the reference", folder)
-    order = {c: i for i, c in enumerate(ref_ids)}
-    ref = ref_probs[[order[c] for c in ids], 1]
-    return delong_test(_labels(folder, ids, positive), probs[:, 1], ref)[3]
+    """DeLong's two-sided p between two prediction folders on the reference's cases."""
+    ids, ref_probs = oof_probs(reference)
+    labels, _, probs = aligned_predictions(folder, ids)
+    k = int(np.flatnonzero(np.array(_class_names(folder)) == positive)[0])
+    return delong_test((labels == k).astype(int), probs[:, k], ref_probs[:, k])[3]
 
 
-def _train_seconds(run: Path) -> float:
-    total = 0.0
-    for log in sorted(run.glob("fold_*/log.csv")):
-        with open(log, newline="") as fh:
-            total += sum(float(r["seconds"]) for r in csv.DictReader(fh))
-    return total
+def _class_names(folder: Path) -> list[str]:
+    with open(folder / "predictions.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    return [c[len("prob_") :] for c in header if c.startswith("prob_")]
 
 
 def _n_train(run: Path) -> float:
@@ -203,7 +191,7 @@ def pretrain_row(method: str, folder: Path) -> dict[str, Any]:
     with open(folder / "log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     meta = json.loads((folder / "bundle" / "bundle.json").read_text())
-    number = lambda r, k: float(r[k]) if r.get(k) not in (None, "", "nan") else None  # noqa: E731
+    last_probe = float(rows[-1].get("probe_auc") or "nan")
     seconds = [float(r["seconds"]) for r in rows]
     return {
         "method": method,
@@ -213,7 +201,7 @@ def pretrain_row(method: str, folder: Path) -> dict[str, Any]:
         "studies_per_s": float(np.median([float(r["samples_per_s"]) for r in rows])),
         "peak_mb": max(float(r["max_rss_mb"]) for r in rows),
         "probe_init": (meta.get("metrics") or {}).get("probe_auc_init"),
-        "probe_last": number(rows[-1], "probe_auc"),
+        "probe_last": last_probe if np.isfinite(last_probe) else None,
         "loss_first": float(rows[0]["loss"]),
         "loss_last": float(rows[-1]["loss"]),
     }
@@ -237,7 +225,7 @@ def ssl_rows(
             "auc_a_ci": ci_a,
             "auc_b": auc_b,
             "auc_b_ci": ci_b,
-            "train_s": _train_seconds(run),
+            "train_s": log_seconds(run)[1],
         }
         if init != NONE:
             row["p_a"] = delong_against(run, runs[(NONE, fraction)], positive)
@@ -273,59 +261,6 @@ def write_ssl_report(
     return {**result, "report": str(out / "report.md")}
 
 
-def run_ssl_suite(
-    dataset: str | Path,
-    external: str | Path,
-    out: Path,
-    shared: dict[str, Any],
-    train: Callable[[list[dict[str, Any]]], dict[str, Path]],
-    exp_kwargs: dict[str, Any],
-    pretrain_settings: dict[str, Any],
-    folds: int,
-    seed: int,
-    workers: int,
-    n_boot: int,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Pretrain, fine-tune at every label share, evaluate on site B, write the table."""
-    start = time.perf_counter()
-    settings = dict(pretrain_settings)
-    methods = tuple(settings.pop("methods", DEFAULT_METHODS))
-    fractions = tuple(float(f) for f in settings.pop("label_fractions", DEFAULT_FRACTIONS))
-    freeze = int(settings.pop("freeze_epochs", 0))
-    ds, ext = open_dataset(dataset), open_dataset(external)
-    check_ssl_inputs(ds, ext, fractions, methods)
-    bundles = pretrain_methods(dataset, out, exp_kwargs, methods, settings, seed, workers, log)
-    variants = ssl_variants(
-        exp_kwargs["model"], shared.get("model_options") or {}, bundles, fractions, freeze
-    )
-    by_key = train(list(variants.values()))
-    runs = {k: by_key[variant_key(v)] for k, v in variants.items()}
-    externals = {}
-    for key, run in runs.items():
-        log(f"external {run.name}: {key[0]} at {key[1]:.0%} of the labels on {ext.root.name}")
-        externals[key] = external_run(run, external, out / "cache", n_boot)
-    rows = ssl_rows(runs, externals, ds.class_names[1])
-    pretraining = [pretrain_row(m, out / "pretrain" / m) for m in methods]
-    n_labeled = sum(1 for c in ds.cases if c.label)
-    header = (
-        f"# Self-supervised pretraining: label efficiency on two sites\n\nSite A {ds.root} "
-        f"({len(ds.cases)} studies, {n_labeled} labeled); site B {ext.root} "
-        f"({sum(1 for c in ext.cases if c.label)} labeled studies, never seen in pretraining or "
-        f"training). Pretraining ({', '.join(methods)}) on every site-A study, labels ignored, "
-        f"settings {_settings_text(settings)}. Fine-tuning: {exp_kwargs['model']}, a {folds}-fold "
-        f"patient-level cross-validation of site A's labeled studies (seed {seed}, the same folds "
-        "in every row), training on the stated share of each class's training patients per fold "
-        "(test folds whole)"
-        + (f", the encoder frozen for the first {freeze} epochs" if freeze else "")
-        + ". Site A AUC: out-of-fold; site B AUC: the mean of the fold bundles' probabilities. "
-        "95% CIs by bootstrap over patients; p: DeLong's test against no pretraining at the same "
-        "label share on the same studies.\n"
-    )
-    seconds = round(time.perf_counter() - start, 1)
-    return write_ssl_report(out, rows, pretraining, header, seconds)
-
-
 def _settings_text(settings: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) or "defaults"
 
@@ -342,31 +277,49 @@ def run_ssl_ablation(
     epochs: int | None,
     workers: int,
     n_boot: int,
-    log: Callable[[str], None],
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """`ablate --suite ssl`: the fine-tuning runs go through `train_variants` like any ablate row."""
+    """`ablate --suite ssl`: pretrain, fine-tune at every label share (through `train_variants`,
+    like any ablate row), evaluate on site B, write the table."""
+    start = time.perf_counter()
     if external is None:
         raise ConfigError("the ssl suite needs --external SITE_B (the second site)", "--external")
+    shared = dict(shared)
     options = shared.pop("model_options", None) or {}
-    full = {"model": MODEL, "model_options": options}
-    exp_kwargs = {"profile": profile, **shared, **full}
-
-    def train(variants: list[dict[str, Any]]) -> dict[str, Path]:
-        return train_variants(
-            ds, ds.root, out, variants, folds, profile, seed, epochs, shared, workers, n_boot, log
-        )
-
-    return run_ssl_suite(
-        ds.root,
-        external,
-        out,
-        {"model_options": full["model_options"]},
-        train,
-        exp_kwargs,
-        pretrain,
-        folds,
-        seed,
-        workers,
-        n_boot,
-        log,
+    settings = dict(pretrain)
+    methods = tuple(settings.pop("methods", DEFAULT_METHODS))
+    fractions = tuple(float(f) for f in settings.pop("label_fractions", DEFAULT_FRACTIONS))
+    freeze = int(settings.pop("freeze_epochs", 0))
+    ext = open_dataset(external)
+    check_ssl_inputs(ds, ext, fractions, methods)
+    exp_kwargs = {"profile": profile, **shared, "model": MODEL, "model_options": options}
+    bundles = pretrain_methods(ds.root, out, exp_kwargs, methods, settings, seed, workers, log)
+    variants = ssl_variants(MODEL, options, bundles, fractions, freeze)
+    by_key = train_variants(
+        ds, ds.root, out, list(variants.values()), folds, profile, seed, epochs, shared, workers,
+        n_boot, log,
+    )  # fmt: skip
+    runs = {k: by_key[variant_key(v)] for k, v in variants.items()}
+    externals = {}
+    for key, run in runs.items():
+        log(f"external {run.name}: {key[0]} at {key[1]:.0%} of the labels on {ext.root.name}")
+        externals[key] = external_run(run, external, out / "cache", n_boot)
+    rows = ssl_rows(runs, externals, ds.class_names[1])
+    pretraining = [pretrain_row(m, out / "pretrain" / m) for m in methods]
+    n_labeled = sum(1 for c in ds.cases if c.label)
+    header = (
+        f"# Self-supervised pretraining: label efficiency on two sites\n\nSite A {ds.root} "
+        f"({len(ds.cases)} studies, {n_labeled} labeled); site B {ext.root} "
+        f"({sum(1 for c in ext.cases if c.label)} labeled studies, never seen in pretraining or "
+        f"training). Pretraining ({', '.join(methods)}) on every site-A study, labels ignored, "
+        f"settings {_settings_text(settings)}. Fine-tuning: {MODEL}, a {folds}-fold "
+        f"patient-level cross-validation of site A's labeled studies (seed {seed}, the same folds "
+        "in every row), training on the stated share of each class's training patients per fold "
+        "(test folds whole)"
+        + (f", the encoder frozen for the first {freeze} epochs" if freeze else "")
+        + ". Site A AUC: out-of-fold; site B AUC: the mean of the fold bundles' probabilities. "
+        "95% CIs by bootstrap over patients; p: DeLong's test against no pretraining at the same "
+        "label share on the same studies.\n"
     )
+    seconds = round(time.perf_counter() - start, 1)
+    return write_ssl_report(out, rows, pretraining, header, seconds)

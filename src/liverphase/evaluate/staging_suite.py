@@ -13,19 +13,16 @@ these are ordered multi-class predictions, not one ROC).
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from liverphase.atomic import atomic_write_json, atomic_write_text
 from liverphase.errors import ConfigError, DatasetError
 from liverphase.evaluate.ablate_runs import variant_key
-from liverphase.evaluate.compare import log_seconds, oof_probs
+from liverphase.evaluate.compare import aligned_predictions, log_seconds, oof_probs
 from liverphase.evaluate.ordinal import paired_ordinal_p
 from liverphase.evaluate.radiomics import radiomics_cv
 from liverphase.evaluate.report import markdown_table
@@ -160,7 +157,7 @@ def staging_rows(
         if ref is not None and label != reference:
             if _splits(run) != ref_splits:
                 raise DatasetError(f"run {label!r} used other folds than {reference!r}", run)
-            labels, patients, probs = _aligned(run, ref_ids)
+            labels, patients, probs = aligned_predictions(run, ref_ids)
             for metric in PAIRED:
                 row[f"{metric}_p"] = paired_ordinal_p(
                     labels, probs, ref_probs, patients, metric, n_boot, seed
@@ -171,20 +168,6 @@ def staging_rows(
 
 def _splits(run: Path) -> Any:
     return json.loads((run / "splits.json").read_text())
-
-
-def _aligned(run: Path, case_ids: list[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Labels (class index), patient ids and probabilities of a run, in `case_ids` order."""
-    with open(run / "predictions.csv", newline="") as fh:
-        rows = {r["case_id"]: r for r in csv.DictReader(fh)}
-    missing = [c for c in case_ids if c not in rows]
-    if missing:
-        raise DatasetError(f"no predictions for {missing[:3]}", run / "predictions.csv")
-    cols = [c for c in next(iter(rows.values())) if c.startswith("prob_")]
-    names = [c[len("prob_") :] for c in cols]
-    labels = np.array([names.index(rows[c]["label"]) for c in case_ids])
-    probs = np.array([[float(rows[c][k]) for k in cols] for c in case_ids])
-    return labels, [rows[c]["patient_id"] for c in case_ids], probs
 
 
 def _section(title: str, seqs: Sequence[str], rows: list[dict[str, Any]]) -> str:

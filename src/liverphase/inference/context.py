@@ -3,7 +3,6 @@ and the model's cross-validated performance."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from liverphase.atomic import WEIGHTS_SHA256, file_sha256
 from liverphase.io.study import Study
 
 POOR_NCC = 0.5
@@ -88,11 +88,6 @@ def cv_metrics(bundle_dir: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
 
 def bundle_identity(bundle_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Which bundle made the prediction: path, model, options, versions and a weights digest."""
-    weights = bundle_dir / "model.safetensors"
-    digest = hashlib.sha256()
-    with open(weights, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
     return {
         "path": str(bundle_dir.resolve()),
         "model": meta.get("model"),
@@ -101,7 +96,10 @@ def bundle_identity(bundle_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
         "phases": meta.get("phases"),
         "trained_with_liverphase": meta.get("liverphase_version"),
         "created": meta.get("created"),
-        "weights_sha256": digest.hexdigest()[:16],
+        # the loader verified the recorded digest; a bundle written before it is hashed here
+        "weights_sha256": (
+            meta.get(WEIGHTS_SHA256) or file_sha256(bundle_dir / "model.safetensors")
+        )[:16],
     }
 
 

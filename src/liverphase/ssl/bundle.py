@@ -20,7 +20,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import liverphase
-from liverphase.atomic import atomic_dir, atomic_write_json, file_sha256
+from liverphase.atomic import (
+    WEIGHTS_SHA256,
+    atomic_dir,
+    atomic_write_json,
+    check_weights_sha256,
+    file_sha256,
+)
 from liverphase.errors import BundleError, ConfigError
 from liverphase.models.registry import EncoderView, MultiPhaseModel
 
@@ -28,8 +34,6 @@ WEIGHTS = "model.safetensors"
 META = "bundle.json"
 FORMAT = "liverphase-bundle-1"
 KIND = "encoder"
-# the same key as a model bundle's (train.bundle.WEIGHTS_SHA256): absent in older bundles
-WEIGHTS_SHA256 = "weights_sha256"
 
 
 def model_encoder(model: MultiPhaseModel, why: str) -> EncoderView:
@@ -144,13 +148,7 @@ def load_encoder(model: MultiPhaseModel, folder: str | Path) -> dict[str, Any]:
     return the bundle's bundle.json."""
     folder = Path(folder)
     meta = check_encoder_bundle(folder, model)
-    expected = meta.get(WEIGHTS_SHA256)
-    if expected is not None and file_sha256(folder / WEIGHTS) != expected:
-        raise BundleError(
-            f"{WEIGHTS}: SHA-256 differs from the {WEIGHTS_SHA256} in bundle.json: the weights "
-            "were modified or damaged after the bundle was written",
-            folder,
-        )
+    check_weights_sha256(meta, folder / WEIGHTS)
     try:
         tensors = load_file(str(folder / WEIGHTS), device="cpu")
     except Exception as exc:

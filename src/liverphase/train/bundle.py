@@ -12,15 +12,19 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import liverphase
-from liverphase.atomic import atomic_dir, atomic_write_json, file_sha256
+from liverphase.atomic import (
+    WEIGHTS_SHA256,
+    atomic_dir,
+    atomic_write_json,
+    check_weights_sha256,
+    file_sha256,
+)
 from liverphase.errors import BundleError
 from liverphase.models.registry import MultiPhaseModel, create_model
 
 WEIGHTS = "model.safetensors"
 META = "bundle.json"
 FORMAT = "liverphase-bundle-1"
-# bundle.json key holding the SHA-256 of model.safetensors (absent in bundles written before it)
-WEIGHTS_SHA256 = "weights_sha256"
 REQUIRED = ("liverphase_version", "model", "model_options", "class_names", "phases", "in_channels")
 # Contract fields a bundle always has (null when the caller gives none).
 OPTIONAL = ("preprocessing", "training", "split", "metrics", "seed")
@@ -71,19 +75,6 @@ def save_bundle(
         full[WEIGHTS_SHA256] = file_sha256(tmp / WEIGHTS)
         atomic_write_json(tmp / META, full)
     return folder
-
-
-def check_weights_sha256(meta: dict[str, Any], weights_path: Path) -> None:
-    """Refuse weights whose SHA-256 is not the one bundle.json records (none recorded: unchecked)."""
-    expected = meta.get(WEIGHTS_SHA256)
-    if expected is None:
-        return  # a bundle written before checksums were recorded
-    if file_sha256(weights_path) != expected:
-        raise BundleError(
-            f"SHA-256 differs from the {WEIGHTS_SHA256} in bundle.json: the weights were modified "
-            "or damaged after the bundle was written",
-            weights_path,
-        )
 
 
 def read_bundle_meta(folder: str | Path) -> dict[str, Any]:
