@@ -305,13 +305,13 @@ def test_out_rules_and_reimport(tmp_path: Path) -> None:
 def test_cli_import(tmp_path: Path) -> None:
     result = RUNNER.invoke(app, ["import", "--list"])
     assert result.exit_code == 0
-    assert set(list_importers()) == {"cirrmri600", "plc-cect", "mct-ltdiag"}
+    assert set(list_importers()) == {"cirrmri600", "plc-cect", "mct-ltdiag", "lld-mmri"}
     assert all(name in result.output for name in list_importers())
     result = RUNNER.invoke(app, ["import", "lld-mri", str(tmp_path), str(tmp_path / "o")])
     assert result.exit_code == 2
     assert (
         result.stderr.count("\n") == 1
-        and "known: cirrmri600, mct-ltdiag, plc-cect" in result.stderr
+        and "known: cirrmri600, lld-mmri, mct-ltdiag, plc-cect" in result.stderr
     )
     result = RUNNER.invoke(
         app, ["import", "mct-ltdiag", str(tmp_path / "nope"), str(tmp_path / "o")]

@@ -92,7 +92,9 @@ def test_multiclass_metrics_match_sklearn():
     assert m["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
     assert m["acc"] == pytest.approx(skm.accuracy_score(y, pred))
     assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
-    assert m["kappa"] == pytest.approx(skm.cohen_kappa_score(y, pred, weights="quadratic"))
+    assert m["kappa"] == pytest.approx(skm.cohen_kappa_score(y, pred))
+    assert m["qwk"] == pytest.approx(skm.cohen_kappa_score(y, pred, weights="quadratic"))
+    assert m["f1_kappa_mean"] == pytest.approx((m["f1"] + m["kappa"]) / 2)
     assert m["brier"] == pytest.approx(skm.brier_score_loss(y, probs))
     assert m["auc_F2"] == pytest.approx(skm.roc_auc_score(y == 2, probs[:, 2]))
 

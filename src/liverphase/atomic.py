@@ -7,12 +7,13 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from liverphase.errors import BundleError
+from liverphase.errors import BundleError, OutputError
 
 
 def _current_umask() -> int:
@@ -83,6 +84,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
+        share_modes(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old{os.getpid()}")
             os.replace(path, old)
@@ -93,6 +95,71 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def share_modes(folder: str | Path) -> None:
+    """Give every file and folder under `folder` the modes a plain open()/mkdir() would (0666 and
+    0777 less the umask): writers like safetensors and mkstemp create 0600, and outputs are meant
+    to be shared like every other file. Bits already set (an executable) are kept."""
+    files, dirs = 0o666 & ~_UMASK, 0o777 & ~_UMASK
+    for root, dirnames, filenames in os.walk(folder):
+        for name, wanted in [*((d, dirs) for d in dirnames), *((f, files) for f in filenames)]:
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            mode = stat.S_IMODE(st.st_mode)
+            if mode | wanted != mode:
+                os.chmod(path, mode | wanted)
+
+
+@contextlib.contextmanager
+def staged_files(folder: str | Path, last: Sequence[str] = ()) -> Iterator[Path]:
+    """Yield a hidden temporary folder inside `folder`; on success move its files into `folder`,
+    the names in `last` after all others, else remove it with everything written.
+
+    For outputs that belong together in a folder the user owns (not replaced whole): a failed run
+    leaves none of them, and since an old copy of each `last` file is removed before the others
+    move in, a `last` file (e.g. prediction.json) is never beside outputs of another run.
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging.", suffix=".tmp", dir=folder))
+    try:
+        yield stage
+        share_modes(stage)
+        names = sorted(p.name for p in stage.iterdir())
+        ordered = [n for n in names if n not in last] + [n for n in last if n in names]
+        for name in last:
+            (folder / name).unlink(missing_ok=True)
+        for name in ordered:
+            os.replace(stage / name, folder / name)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if still empty: a failed run leaves no trace
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def check_writable_dir(path: str | Path) -> Path:
+    """Refuse, before any heavy work, an output folder that cannot be written: a file at `path`
+    or above it, or a nearest existing folder without write permission (or on a read-only disk).
+    Creates nothing, so a refused run leaves no trace."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "" if probe == path else f" (the output folder {path} would be inside it)"
+        raise OutputError(f"is a file, not a folder{where}", probe)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "the output folder" if probe == path else f"where the output folder {path} goes"
+        raise OutputError(f"cannot be written ({what}; read-only or no permission)", probe)
+    return path
 
 
 def file_sha256(path: str | Path) -> str:

@@ -331,8 +331,15 @@ def cv(
         help="Train on this share of each class's training patients (a label-efficiency curve; "
         "the test folds stay whole).",
     ),
+    splits: str = typer.Option(
+        "kfold",
+        help="kfold (patient-level k-fold) or official (cases.csv's split column: train on train, "
+        "select on val, score test once; --folds is then unused).",
+    ),
 ) -> None:
-    """k-fold patient-level cross-validation: metrics with CIs, ROC, report and a bundle per fold."""
+    """k-fold patient-level cross-validation (or the published split): metrics with CIs, ROC,
+    report and a bundle per fold."""
+    from liverphase.errors import ConfigError
     from liverphase.evaluate.cv import run_cv
     from liverphase.train.options import experiment_kwargs
 
@@ -351,6 +358,18 @@ def cv(
         label_fraction,
     )
     kwargs.update(_init_kwargs(init, freeze_epochs))
+    if splits not in ("kfold", "official"):
+        raise ConfigError(f"--splits must be kfold or official, got {splits!r}", "--splits")
+    if splits == "official":
+        from liverphase.evaluate.official import official_summary, run_official
+
+        result = run_official(
+            dataset, out, kwargs, seed=seed, cache_root=cache, workers=workers, resume=resume
+        )
+        for line in official_summary(result):
+            typer.echo(line)
+        typer.echo(f"report: {Path(out) / 'report.md'}")
+        return
     result = run_cv(
         dataset,
         out,
@@ -425,6 +444,10 @@ def pretrain(
 @app.command()
 @user_errors
 def models(
+    measure: bool = typer.Option(
+        False, "--measure", help="Profile: GFLOPs, forward and step time, peak memory (minutes)."
+    ),
+    show_options: bool = typer.Option(False, "--options", help="Also list each model's options."),
     quick: bool = typer.Option(
         False, help="Tiny input (seconds, for a smoke check) instead of the paper and CPU grids."
     ),
@@ -437,10 +460,19 @@ def models(
         None, help="Also save the rows as JSON and the table as markdown here."
     ),
 ) -> None:
-    """Registered models: parameters, forward GFLOPs, forward and training-step time, peak memory (batch 2)."""
+    """Registered models and what each takes; --measure profiles them (time, memory, batch 2)."""
     from liverphase.atomic import atomic_write_json, atomic_write_text
     from liverphase.bench.models import models_report
 
+    if not measure:
+        from liverphase.bench.models import chosen_models
+        from liverphase.models.catalogue import format_catalogue, model_catalogue
+
+        rows = model_catalogue(chosen_models(names))
+        typer.echo(format_catalogue(rows))
+        for r in rows if show_options else []:
+            typer.echo(f"{r['model']}: " + ", ".join(f"{k}={v}" for k, v in r["options"].items()))
+        return
     lines, rows, table = models_report(names, quick, memory_options, repeats)
     for line in [*lines, table]:
         typer.echo(line)
@@ -466,14 +498,16 @@ def predict(
         help="Lesion box 'z0 y0 x0 z1 y1 x1' (voxels) or 'x0 y0 z0 x1 y1 z1' (mm); 3 numbers: a point.",
     ),
     bbox_units: str = typer.Option("mm", help="mm or voxel."),
-    keep_phi: bool = typer.Option(False, help="Keep patient name and birth date in the report."),
+    keep_phi: bool = typer.Option(False, help="Keep patient identifiers in every output."),
+    anonymize: bool = typer.Option(False, help="DICOM SEG under the Basic Profile, new UIDs."),
 ) -> None:
     """Characterise, segment and explain the lesion of a study; writes prediction.json, CAMs and report.html."""
     from liverphase.inference.run import parse_bbox, run_predict
 
     box = parse_bbox(bbox, bbox_units)
+    phi = {"keep_phi": keep_phi, "anonymize": anonymize}  # identifiers policy: io/phi.py
     result = run_predict(
-        bundle, study, out, case=case, mask=mask, bbox=box, bbox_units=bbox_units, keep_phi=keep_phi
+        bundle, study, out, case=case, mask=mask, bbox=box, bbox_units=bbox_units, **phi
     )
     if "summary" in result:
         # dataset mode: "cases" is the number of cases, "failed" the list of failed case ids
@@ -510,14 +544,24 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="An nnU-Net dataset with cases.csv."),
     out: Path | None = typer.Option(None, help="Report folder (default RUN/evaluate_<dataset>)."),
     workers: int = typer.Option(1, min=1),
+    submission: str | None = typer.Option(
+        None,
+        help="Also write a challenge submission, OUT/submission_<format>.json: lld-mmri (the "
+        "dataset's test split, or every case without a split column; labels may be withheld).",
+    ),
 ) -> None:
     """Evaluate trained bundle(s) on another dataset: metrics with patient-bootstrap CIs, ROC, report."""
     from liverphase.evaluate.external import evaluate_run
 
-    result = evaluate_run(run, data, out, workers=workers)
-    pooled = result["metrics"]["pooled"]
-    dice = f", pooled Dice {pooled['dice']:.3f}" if "dice" in pooled else ""
-    typer.echo(f"{_auc_text(pooled)}{dice}; report: {result['out']}/report.md")
+    result = evaluate_run(run, data, out, workers=workers, submission=submission)
+    if result["metrics"] is None:
+        typer.echo("no labeled case: nothing scored")
+    else:
+        pooled = result["metrics"]["pooled"]
+        dice = f", pooled Dice {pooled['dice']:.3f}" if "dice" in pooled else ""
+        typer.echo(f"{_auc_text(pooled)}{dice}; report: {result['out']}/report.md")
+    if result.get("submission"):
+        typer.echo(f"submission: {result['submission']}")
 
 
 @app.command()

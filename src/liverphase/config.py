@@ -29,19 +29,25 @@ class ConfigBase:
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any] | None, source: str = "config") -> C:
         """Build from a dict, converting lists to tuples and nested dicts to nested configs."""
-        data = dict(data or {})
-        hints = typing.get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {unknown} for {cls.__name__}", source)
-        kwargs = {k: _coerce(v, hints[k], f"{source}:{k}") for k, v in data.items()}
+        kwargs = cls.coerce_fields(data, source)
         try:
             obj = cls(**kwargs)
         except TypeError as exc:
             raise ConfigError(str(exc), source) from None
         obj.validate()
         return obj
+
+    @classmethod
+    def coerce_fields(cls, data: dict[str, Any] | None, source: str = "config") -> dict[str, Any]:
+        """The given fields' values converted to their types (an unknown key or a wrong type
+        raises ConfigError naming `source`); ranges are left to `validate`, on the whole config."""
+        data = dict(data or {})
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown} for {cls.__name__}", source)
+        return {k: _coerce(v, hints[k], f"{source}:{k}") for k, v in data.items()}
 
     @classmethod
     def from_yaml(cls: type[C], path: str | Path) -> C:

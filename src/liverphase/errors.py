@@ -39,6 +39,10 @@ class BundleError(LiverphaseError):
     """A checkpoint bundle is missing, damaged or does not match the model."""
 
 
+class OutputError(LiverphaseError):
+    """An output location cannot be written (a file in the way, no permission, read-only)."""
+
+
 # errno values that are the machine's state, not a bug, even when the error names no file
 _FILESYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -54,3 +58,8 @@ def os_error_message(exc: OSError) -> str | None:
     if exc.filename2 is not None:
         return f"{exc.filename} -> {exc.filename2}: {problem}"
     return f"{exc.filename}: {problem}"
+
+
+class SplitError(DatasetError, ValueError):
+    """The cases cannot be split as asked (too few patients for the folds, bad splits.json, a
+    published split column that does not hold)."""

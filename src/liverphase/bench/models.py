@@ -10,13 +10,12 @@ step, torch itself included. Without isolation the memory figures are None. Adde
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from typing import Any
 
 import torch
 
 from liverphase.phases import CT_PHASES
+from liverphase.pool import process_pool
 from liverphase.preprocess.config import DEFAULT_WINDOWS
 from liverphase.train.config import PROFILE_INPUT
 from liverphase.train.profile import profile_one
@@ -42,18 +41,26 @@ def default_input_shapes(quick: bool = False) -> dict[str, tuple[int, ...]]:
     return {"paper": PAPER_INPUT, "cpu": CPU_INPUT}
 
 
-def models_report(
-    names: str | None, quick: bool, memory_options: bool, repeats: int
-) -> tuple[list[str], list[dict[str, Any]], str]:
-    """`liverphase models`: one description line per chosen model, the profiled rows and their table."""
+def chosen_models(names: str | None) -> list[str]:
+    """`--names a,b` as registered model names (all when None); an unknown name is a ConfigError."""
     from liverphase.errors import ConfigError
-    from liverphase.models import list_models, model_info
+    from liverphase.models import list_models
 
     registered = list_models()
     chosen = [n.strip() for n in names.split(",")] if names else registered
     unknown = [n for n in chosen if n not in registered]
     if unknown:
         raise ConfigError(f"unknown model(s) {unknown}; registered: {registered}", "--names")
+    return chosen
+
+
+def models_report(
+    names: str | None, quick: bool, memory_options: bool, repeats: int
+) -> tuple[list[str], list[dict[str, Any]], str]:
+    """`liverphase models`: one description line per chosen model, the profiled rows and their table."""
+    from liverphase.models import model_info
+
+    chosen = chosen_models(names)
     lines = []
     for name in chosen:
         description = model_info(name)["description"]
@@ -102,7 +109,7 @@ def profile_models(
 
 
 def _in_fresh_process(args: tuple, threads: int) -> dict[str, Any]:
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+    with process_pool(1) as pool:
         return pool.submit(profile_one, *args, threads, True).result()
 
 

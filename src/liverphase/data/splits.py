@@ -12,13 +12,9 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from liverphase.atomic import atomic_write_json
-from liverphase.errors import DatasetError
+from liverphase.errors import SplitError
 
 Fold = dict[str, list[str]]
-
-
-class SplitError(DatasetError, ValueError):
-    """The cases cannot be split as asked (too few patients for the folds, bad splits.json)."""
 
 
 def _aligned(values: Sequence[Any] | Mapping[str, Any], ids: Sequence[str], what: str) -> list:

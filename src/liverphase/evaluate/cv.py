@@ -18,7 +18,7 @@ from liverphase.data.splits import (
     patient_folds,
     write_splits,
 )
-from liverphase.errors import ConfigError
+from liverphase.errors import ConfigError, DatasetError
 from liverphase.evaluate.predictions import Predictions
 from liverphase.evaluate.report import write_cv_report
 from liverphase.evaluate.segmentation import evaluate_segmentation
@@ -113,6 +113,12 @@ def make_experiment(
         # λ named once, as a model option (ablate's table 3): the loss takes the same value
         train = train.replace(mtl_lambda=float(options["mtl_lambda"]))
     organ = ds.roi == "organ"
+    if info["segments"] and not organ and not any(ds.label_path(c.case_id) for c in ds.cases):
+        raise DatasetError(
+            f"model {model!r} segments the lesion and learns it from masks, but this dataset gives "
+            "boxes only (no labelsTr/ mask): choose a classifier (see `liverphase models`)",
+            ds.root / "labelsTr",
+        )
     pre = {
         "size": (PROFILE_INPUT_ORGAN if organ else PROFILE_INPUT)[profile],
         "channels": in_channels if ds.modality == "ct" else None,
@@ -214,9 +220,12 @@ def _fit_fold(
         train_ids = label_subset(
             train_ids, patients, labels, exp.train.label_fraction, exp.train.seed
         )
-    tr, val = inner_validation_split(
-        train_ids, patients, labels, fraction=exp.train.val_fraction, seed=exp.train.seed
-    )
+    if split.get("validation"):  # a published split names its validation cases
+        tr, val = train_ids, list(split["validation"])
+    else:
+        tr, val = inner_validation_split(
+            train_ids, patients, labels, fraction=exp.train.val_fraction, seed=exp.train.seed
+        )
     split = {**split, "train": list(tr), "validation": list(val)}
     trainer = Trainer(
         exp.train,
@@ -261,6 +270,21 @@ class OutOfFold:
     slices: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def predict_fold(
+    trainer: Trainer, exp: Experiment, items: dict, test_ids: list[str], k: int, oof: OutOfFold
+) -> None:
+    """Predict a fold's test cases into `oof`: probabilities, and lesion maps or slice scores."""
+    test_items = [items[c] for c in test_ids]
+    if model_info(exp.model)["segments"]:
+        probs, lesion = trainer.predict(test_items, return_lesion_prob=True)
+        oof.lesion.update(zip(test_ids, lesion, strict=True))
+    else:
+        probs, slices = trainer.predict(test_items, return_slice_prob=True)
+        oof.slices.update((c, q) for c, q in zip(test_ids, slices, strict=True) if q is not None)
+    for c, p in zip(test_ids, probs, strict=True):
+        oof.fold[c], oof.probs[c] = k, p
+
+
 def write_oof_report(
     out: Path,
     ds: NnUNetDataset,
@@ -272,9 +296,12 @@ def write_oof_report(
     model: str,
     seed: int,
     n_boot: int,
+    evaluation: str | None = None,
+    sections: Sequence[str] = (),
 ) -> tuple[dict[str, Any], Predictions]:
     """Predictions in dataset order, per-case segmentation metrics and the report of a RUN's
-    out-of-fold results (cv, and a cv RUN re-predicted); returns the metrics and predictions."""
+    out-of-fold results (cv, and a cv RUN re-predicted); returns the metrics and predictions.
+    `evaluation` replaces the report's k-fold design sentence; `sections` are appended."""
     order = [c.case_id for c in ds.cases if c.case_id in oof.probs]
     index = {c: i for i, c in enumerate(class_names)}
     preds = Predictions(
@@ -285,7 +312,7 @@ def write_oof_report(
         probs=np.stack([oof.probs[c] for c in order]),
         class_names=list(class_names),
     )
-    staging, sections = staging_results(
+    staging, staging_sections = staging_results(
         out, ds.ordinal, items, oof.slices, oof.fold, preds, n_boot, seed
     )
     seg_ids = [c for c in order if oof.lesion.get(c) is not None]
@@ -298,7 +325,6 @@ def write_oof_report(
         n_boot,
     )
     extra = {**(extra or {}), **staging}
-    sections = [*sections, *seg_sections]
     metrics = write_cv_report(
         out,
         preds,
@@ -308,7 +334,8 @@ def write_oof_report(
         seed=seed,
         n_boot=n_boot,
         extra_pooled=extra,
-        sections=sections,
+        sections=[*staging_sections, *seg_sections, *sections],
+        evaluation=evaluation,
     )
     return metrics, preds
 
@@ -347,49 +374,20 @@ def run_cv(
     exp = make_experiment(ds, seed=seed, **exp_kwargs)
     ids = experiment_cases(ds, exp.phases)
     # Folds first: a fold count the data cannot support fails before any preprocessing.
-    fold_list = patient_folds(
-        ids,
-        [ds.case(c).patient_id for c in ids],
-        [ds.case(c).label for c in ids],
-        k=folds,
-        seed=seed,
-    )
+    patients, labels = [ds.case(c).patient_id for c in ids], [ds.case(c).label for c in ids]
+    fold_list = patient_folds(ids, patients, labels, k=folds, seed=seed)
     cache_dir = Path(cache_root) if cache_root else out / "cache"
     items = cached_items(ds, cache_dir, exp.preprocess, workers, progress, cases=ids)
     write_splits(out / "splits.json", fold_list)
-    case_fold, probs_by_case, lesion_by_case, slices_by_case = {}, {}, {}, {}
+    oof = OutOfFold({}, {}, {})
     for k, fold in enumerate(fold_list):
-        trainer = _fit_fold(
-            exp,
-            ds,
-            items,
-            list(fold["train"]),
-            out / f"fold_{k}",
-            {"fold": k, "test": list(fold["test"])},
-            resume,
-            progress,
-        )
-        test_items = [items[c] for c in fold["test"]]
-        if model_info(exp.model)["segments"]:
-            probs, lesion = trainer.predict(test_items, return_lesion_prob=True)
-            lesion_by_case.update(zip(fold["test"], lesion, strict=True))
-        else:
-            probs, slices = trainer.predict(test_items, return_slice_prob=True)
-            slices_by_case.update(
-                (c, q) for c, q in zip(fold["test"], slices, strict=True) if q is not None
-            )
-        for c, p in zip(fold["test"], probs, strict=True):
-            case_fold[c], probs_by_case[c] = k, p
+        train, test = list(fold["train"]), list(fold["test"])
+        split = {"fold": k, "test": test}
+        trainer = _fit_fold(exp, ds, items, train, out / f"fold_{k}", split, resume, progress)
+        predict_fold(trainer, exp, items, test, k, oof)
+    title = f"{exp.model}: {folds}-fold patient-level cross-validation"
     metrics, preds = write_oof_report(
-        out,
-        ds,
-        items,
-        OutOfFold(probs_by_case, lesion_by_case, case_fold, slices_by_case),
-        exp.class_names,
-        title=f"{exp.model}: {folds}-fold patient-level cross-validation",
-        model=exp.model,
-        seed=seed,
-        n_boot=n_boot,
+        out, ds, items, oof, exp.class_names, title=title, model=exp.model, seed=seed, n_boot=n_boot
     )
     run_info = {
         **run_record(exp, folds, seed),
@@ -416,13 +414,7 @@ def run_train(
     out = Path(out)
     exp = make_experiment(ds, seed=seed, **exp_kwargs)
     ids = experiment_cases(ds, exp.phases)
-    items = cached_items(
-        ds,
-        Path(cache_root) if cache_root else out / "cache",
-        exp.preprocess,
-        workers,
-        progress,
-        cases=ids,
-    )
+    cache_dir = Path(cache_root) if cache_root else out / "cache"
+    items = cached_items(ds, cache_dir, exp.preprocess, workers, progress, cases=ids)
     trainer = _fit_fold(exp, ds, items, ids, out, {"fold": None, "test": []}, resume, progress)
     return {"bundle": str(trainer.bundle_dir)}

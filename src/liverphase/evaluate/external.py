@@ -21,6 +21,12 @@ from liverphase.evaluate.cv import cached_items
 from liverphase.evaluate.predictions import Predictions
 from liverphase.evaluate.report import write_cv_report
 from liverphase.evaluate.segmentation import evaluate_segmentation
+from liverphase.evaluate.submission import (
+    check_submission,
+    submission_cases,
+    submission_filename,
+    write_submission,
+)
 from liverphase.io.nifti import open_dataset
 from liverphase.models.tta import lesion_probability, predict_with_flips
 from liverphase.preprocess.config import PreprocessConfig
@@ -85,12 +91,21 @@ def evaluate_run(
     n_boot: int = 1000,
     progress: bool = True,
     cache_root: str | Path | None = None,
+    submission: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate RUN's bundle (or the mean of its fold bundles) on DATASET; writes a report folder
-    (the crops go to `cache_root`, default OUT/cache)."""
+    (the crops go to `cache_root`, default OUT/cache). With `submission` (a format of
+    evaluate.submission) also OUT/submission_<format>.json of the dataset's test split (every case
+    without a split column), labeled or not; metrics are None when no case is labeled."""
     bundles = run_bundles(run)
     ds = open_dataset(dataset)
     out = Path(out) if out else Path(run) / f"evaluate_{ds.root.name}"
+    ids = [c.case_id for c in ds.cases if c.label]  # unlabeled rows cannot be scored
+    sub_ids = submission_cases(ds.cases, ds.root / "cases.csv") if submission else []
+    if not ids and not sub_ids:
+        raise DatasetError("no labeled case to evaluate on", ds.root / "cases.csv")
+    wanted = {*ids, *sub_ids}
+    order = [c.case_id for c in ds.cases if c.case_id in wanted]  # predicted once, in dataset order
     probs_sum, meta0, lesion_sum = None, None, None
     for path in bundles:
         model, meta = load_bundle(path)
@@ -106,19 +121,23 @@ def evaluate_run(
                 f"labels {unknown} are not classes of the bundle {meta['class_names']}",
                 ds.root / "cases.csv",
             )
+        if submission:  # a format the bundle's classes or the case ids cannot meet fails first
+            check_submission(submission, sub_ids, meta["class_names"])
         pre = PreprocessConfig.from_dict(
             meta.get("preprocessing") or {}, source=str(path / "bundle.json")
         )
-        ids = [c.case_id for c in ds.cases if c.label]  # unlabeled rows cannot be scored
-        if not ids:
-            raise DatasetError("no labeled case to evaluate on", ds.root / "cases.csv")
         items = cached_items(
-            ds, Path(cache_root) if cache_root else out / "cache", pre, workers, progress, cases=ids
+            ds,
+            Path(cache_root) if cache_root else out / "cache",
+            pre,
+            workers,
+            progress,
+            cases=order,
         )
         flips = tuple((meta.get("training") or {}).get("tta_flip_axes") or ())
         probs, lesion = predict_items(
             model,
-            [items[c] for c in ids],
+            [items[c] for c in order],
             list(meta["class_names"]),
             flip_axes=flips,
             roi_channel=pre.roi_channel,
@@ -132,12 +151,31 @@ def evaluate_run(
             )
     assert meta0 is not None and probs_sum is not None
     class_names = list(meta0["class_names"])
+    row = {c: i for i, c in enumerate(order)}
+    probs_mean = probs_sum / len(bundles)
+    written = None
+    if submission:
+        written = write_submission(
+            submission,
+            out / submission_filename(submission),
+            sub_ids,
+            probs_mean[[row[c] for c in sub_ids]],
+            class_names,
+        )
+    result = {
+        "metrics": None,
+        "out": str(out),
+        "bundles": [str(b) for b in bundles],
+        "submission": str(written) if written else None,
+    }
+    if not ids:
+        return result
     preds = Predictions(
         case_ids=ids,
         patient_ids=[items[c]["patient_id"] for c in ids],
         folds=[0] * len(ids),
         labels=np.array([class_names.index(items[c]["label"]) for c in ids]),
-        probs=probs_sum / len(bundles),
+        probs=probs_mean[[row[c] for c in ids]],
         class_names=class_names,
     )
     title = f"{meta0['model']} on {ds.root.name}" + (
@@ -145,11 +183,13 @@ def evaluate_run(
     )
     seg_pooled, sections = None, []
     if lesion_sum is not None:
-        lesion = [m / len(bundles) for m in lesion_sum]
+        lesion = [lesion_sum[row[c]] / len(bundles) for c in ids]
         seg_pooled, sections = evaluate_segmentation(
             out, ds, [items[c] for c in ids], lesion, n_boot=n_boot
         )
-    metrics = write_cv_report(
+    if written:
+        sections = [*sections, f"## Submission\n\n`{written.name}`: {len(sub_ids)} cases.\n"]
+    result["metrics"] = write_cv_report(
         out,
         preds,
         title=title,
@@ -160,4 +200,4 @@ def evaluate_run(
         extra_pooled=seg_pooled,
         sections=sections,
     )
-    return {"metrics": metrics, "out": str(out), "bundles": [str(b) for b in bundles]}
+    return result

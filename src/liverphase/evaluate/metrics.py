@@ -22,7 +22,9 @@ BINARY_KEYS = (
     "specificity",
     "balanced_accuracy",
 )
-MULTICLASS_KEYS = ("auc", "acc", "f1", "balanced_accuracy", "kappa")
+# "kappa" is unweighted Cohen's κ (nominal classes: LLD-MMRI's score with macro F1); "qwk", the
+# quadratic-weighted one, only means something when the classes are ordered stages
+MULTICLASS_KEYS = ("auc", "acc", "f1", "balanced_accuracy", "kappa", "qwk")
 
 
 def _div(num: float, den: float) -> float:
@@ -132,6 +134,16 @@ def macro_f1(cm: np.ndarray) -> float:
     return float(np.mean(2 * tp[present] / denom[present])) if present.any() else float("nan")
 
 
+def cohen_kappa(cm: np.ndarray) -> float:
+    """Unweighted Cohen's κ from a K×K confusion matrix; NaN when chance agreement is 1."""
+    cm = np.asarray(cm, dtype=np.int64)
+    n = int(cm.sum())
+    chance = int(cm.sum(1) @ cm.sum(0))
+    # Integer arithmetic so that "everything in one class" gives exactly 0/0 → NaN.
+    den = n * n - chance
+    return (n * int(np.trace(cm)) - chance) / den if den else float("nan")
+
+
 def quadratic_kappa(cm: np.ndarray) -> float:
     """Cohen's kappa with quadratic weights (i - j)² for ordered classes; NaN if undefined."""
     k = cm.shape[0]
@@ -181,7 +193,9 @@ def classification_metrics(
 
     Two classes: `positive` names the positive column; ACC/F1/... use `probs[:, positive] ≥
     threshold`. More classes: prediction is the argmax; AUC and F1 are macro (one-vs-rest AUC),
-    kappa is quadratic-weighted (classes in their given order). ECE and Brier in both cases.
+    kappa is unweighted Cohen's κ, qwk quadratic-weighted (classes in their given order), and
+    f1_kappa_mean their mean with macro F1 (the LLD-MMRI challenge's ranking score). ECE and Brier
+    in both cases.
     """
     y, p = check_probs(y_true, probs, len(class_names))
     k = p.shape[1]
@@ -198,8 +212,10 @@ def classification_metrics(
             "acc": _div(np.trace(cm), y.size),
             "f1": macro_f1(cm),
             "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
-            "kappa": quadratic_kappa(cm),
+            "kappa": cohen_kappa(cm),
+            "qwk": quadratic_kappa(cm),
         }
+        out["f1_kappa_mean"] = (out["f1"] + out["kappa"]) / 2
         for c, name in enumerate(class_names):
             out[f"auc_{name}"] = auc_score(y == c, p[:, c])
     out["ece"] = expected_calibration_error(y, p, n_bins)

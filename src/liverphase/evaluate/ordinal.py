@@ -17,6 +17,7 @@ import numpy as np
 
 from liverphase.evaluate.metrics import (
     check_probs,
+    cohen_kappa,
     confusion,
     macro_auc_ovr,
     macro_f1,
@@ -34,16 +35,6 @@ ORDINAL_NAMES = {
     "mae_stage": "MAE (stages)",
     "macro_auc": "Macro AUC (one-vs-rest)",
 }
-
-
-def cohen_kappa(cm: np.ndarray) -> float:
-    """Unweighted Cohen's κ from a K×K confusion matrix; NaN when chance agreement is 1."""
-    cm = np.asarray(cm, dtype=np.int64)
-    n = int(cm.sum())
-    chance = int(cm.sum(1) @ cm.sum(0))
-    # Integer arithmetic so that "everything in one class" gives exactly 0/0 → NaN.
-    den = n * n - chance
-    return (n * int(np.trace(cm)) - chance) / den if den else float("nan")
 
 
 def _scalars(y: np.ndarray, p: np.ndarray) -> dict[str, float]:

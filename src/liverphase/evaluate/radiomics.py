@@ -17,11 +17,9 @@ import csv
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,7 @@ from liverphase.evaluate.predictions import Predictions
 from liverphase.evaluate.report import markdown_table, write_cv_report
 from liverphase.evaluate.slices import staging_results
 from liverphase.io.nifti import NnUNetDataset, open_dataset
+from liverphase.pool import process_pool
 from liverphase.preprocess.radiomics import SETTINGS, case_features, feature_names, worker_init
 
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -126,10 +125,7 @@ def extract_features(
                 bar.update(1)
         else:
             threads = max(1, (os.cpu_count() or 1) // workers)
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(
-                workers, mp_context=ctx, initializer=worker_init, initargs=(threads,)
-            ) as pool:
+            with process_pool(workers, worker_init, (threads,)) as pool:
                 futures = [pool.submit(case_features, str(ds.root), c, sequences) for c in todo]
                 for c, fut in zip(todo, futures, strict=True):
                     values, sec = fut.result()

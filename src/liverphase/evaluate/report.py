@@ -35,7 +35,9 @@ METRIC_NAMES = {
     "sensitivity": "Sensitivity",
     "specificity": "Specificity",
     "balanced_accuracy": "Balanced accuracy",
-    "kappa": "Quadratic κ",
+    "kappa": "Cohen's κ",
+    "qwk": "Quadratic κ",
+    "f1_kappa_mean": "Mean of macro F1 and κ",
     "ece": "ECE",
     "brier": "Brier",
     "dice": "Dice",
@@ -208,11 +210,13 @@ def write_cv_report(
     threshold: float = 0.5,
     extra_pooled: Mapping[str, Any] | None = None,
     sections: Sequence[str] = (),
+    evaluation: str | None = None,
 ) -> dict[str, Any]:
     """Write predictions.csv, metrics.json, roc.png and report.md into `run_dir`; return the metrics.
 
     `extra_pooled` (e.g. dice, dice_ci) joins the pooled block; `sections` are markdown blocks
-    appended to the report (e.g. training settings).
+    appended to the report (e.g. training settings); `evaluation` replaces the sentence describing
+    k-fold cross-validation (a published train/val/test split).
     """
     run = Path(run_dir)
     metrics = cv_metrics(preds, n_boot, seed, positive, threshold)
@@ -239,7 +243,7 @@ def write_cv_report(
             preds.labels, preds.probs, preds.class_names, run / "roc.png", f"{model}: OvR ROC"
         )
     counts = ", ".join(f"{c} {n}" for c, n in pooled["class_counts"].items())
-    split = (
+    split = evaluation or (
         f"{k_folds}-fold cross-validation at patient level (stratified by label, grouped by "
         f"patient: no patient in two folds), seed {seed}. Metrics are pooled over the out-of-fold "
         f"predictions of all folds"

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from liverphase.atomic import WEIGHTS_SHA256, file_sha256
+from liverphase.io.phi import pseudonym
 from liverphase.io.study import Study
 
 POOR_NCC = 0.5
@@ -113,15 +114,17 @@ def registration_warnings(registration: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
-def study_source(study: Study) -> dict[str, Any]:
-    """Where a study came from, for prediction.json: DICOM UIDs, the dataset, or in-memory."""
+def study_source(study: Study, keep_phi: bool = False) -> dict[str, Any]:
+    """Where a study came from, for prediction.json: a DICOM study's pseudonym (its UIDs too with
+    `keep_phi`: UIDs are Basic Profile identifiers), the dataset, or in-memory."""
     meta = study.metadata
     if meta.get("source") == "dicom":
-        return {
-            "kind": "dicom",
-            "study_instance_uid": meta.get("study_instance_uid"),
-            "series_instance_uids": meta.get("series_instance_uids"),
-        }
+        uid = meta.get("study_instance_uid")
+        out: dict[str, Any] = {"kind": "dicom", "study_pseudonym": pseudonym(uid) if uid else None}
+        if keep_phi:
+            out["study_instance_uid"] = uid
+            out["series_instance_uids"] = meta.get("series_instance_uids")
+        return out
     if meta.get("dataset"):
         return {"kind": "nifti", "dataset": meta["dataset"]}
     return {"kind": "in-memory"}

@@ -3,9 +3,18 @@
 One binary segment "Lesion" (SCT 52988006, category Morphologically Abnormal Structure), algorithm
 "liverphase <model>", one frame per slice of the reference phase's series in the study's slice
 order (empty frames kept, so frame k is source instance k). The mask must lie on the reference
-phase's grid as read from that series (predict guarantees it). Without keep_phi the patient's name
-and birth date are blanked in the copy of the source headers the SEG inherits its patient module
-from; PatientID and the study UIDs stay, or a PACS could not attach the SEG to its study.
+phase's grid as read from that series (predict guarantees it).
+
+Identity (README, "Identifiers"): by default the SEG keeps the patient and study identity of its
+source — PatientID, StudyInstanceUID, AccessionNumber, StudyID, study date and time, referring
+physician, the source's FrameOfReferenceUID and SOP Instance UIDs, the acquisition equipment —
+because it must attach to its study in a PACS; only the patient's name and birth date
+(`io.phi.SEG_BLANKED`) are blanked unless keep_phi. With `anonymize` it is written from
+`io.phi.anonymized_headers` copies of the source headers, under the DICOM PS3.15 Basic Application
+Level Confidentiality Profile: every identifying attribute removed or replaced by a dummy (the
+patient named and identified by the case id, itself identifier-free), no source date or time, and new
+Study, Series, SOP Instance and Frame of Reference UIDs, consistent within the SEG (its references
+name the anonymized source instances); PatientIdentityRemoved is YES.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from pydicom.sr.codedict import codes
 import liverphase
 from liverphase.atomic import atomic_path
 from liverphase.errors import DicomError
+from liverphase.io.phi import SEG_BLANKED, anonymized_headers, mark_deidentified
 from liverphase.io.study import Study, same_grid
 
 
@@ -31,6 +41,7 @@ def write_dicom_seg(
     path: str | Path,
     model_name: str,
     keep_phi: bool = False,
+    anonymize: bool = False,
 ) -> Path:
     """Write `mask` (on `study.phases[phase]`'s grid) as a DICOM SEG at `path`; return the path."""
     files = study.sources.get(phase) or []
@@ -43,10 +54,12 @@ def write_dicom_seg(
     if not same_grid(mask, reference, tol=1e-3):
         raise DicomError("the lesion mask is not on the reference series' grid", path)
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-    if not keep_phi:
+    if anonymize:
+        sources = anonymized_headers(sources, study.case_id)
+    elif not keep_phi:
         for ds in sources:
-            ds.PatientName = ""
-            ds.PatientBirthDate = ""
+            for keyword in SEG_BLANKED:
+                setattr(ds, keyword, "")
     frames = (sitk.GetArrayFromImage(mask) > 0).astype(np.uint8)  # (slices, rows, cols)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=f"liverphase {model_name}",
@@ -78,6 +91,8 @@ def write_dicom_seg(
         series_description=f"liverphase {model_name} lesion",
         omit_empty_frames=False,
     )
+    if anonymize:
+        mark_deidentified(seg, f"liverphase {liverphase.__version__}")
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return Path(path)

@@ -26,6 +26,7 @@ import SimpleITK as sitk
 import torch
 
 import liverphase
+from liverphase.atomic import staged_files
 from liverphase.errors import BundleError, ConfigError, DatasetError, LiverphaseError
 from liverphase.explain.cam import CamResult, PhaseGradCAM
 from liverphase.explain.occlusion import phase_importance
@@ -47,6 +48,7 @@ from liverphase.io.outputs import (
     write_label_map,
     write_unit_map,
 )
+from liverphase.io.phi import SEG_BLANKED, check_phi_options
 from liverphase.io.study import Study
 from liverphase.models.registry import accepts_phase_mask
 from liverphase.models.tta import lesion_probability, predict_with_flips
@@ -54,6 +56,9 @@ from liverphase.preprocess.config import PreprocessConfig
 from liverphase.preprocess.pipeline import PreprocessedStudy, map_to_reference, preprocess_study
 from liverphase.preprocess.roi import CropGrid, lesion_mask_on_reference, with_roi_channel
 from liverphase.train.bundle import load_bundle
+
+PREDICTION = "prediction.json"
+MASK_AND_BBOX = "give the lesion as a mask or as a box, not both (the box would be ignored)"
 
 
 def bundle_config(meta: dict[str, Any], bundle_dir: Path) -> PreprocessConfig:
@@ -66,6 +71,10 @@ def bundle_config(meta: dict[str, Any], bundle_dir: Path) -> PreprocessConfig:
         return PreprocessConfig.from_dict(data, source=str(where))
     except ConfigError as exc:
         raise BundleError(f"invalid preprocessing config: {exc.problem}", where) from None
+
+
+# where the lesion came from when a dataset case gives a box per phase (cases.csv bbox_<PHASE>)
+PHASE_BOXES = "bbox per phase (cases.csv)"
 
 
 class Predictor:
@@ -113,7 +122,14 @@ class Predictor:
         return predict_path(self, path, out, **options)
 
     # ------------------------------------------------------------------ the pipeline
-    def predict_study(
+    def predict_study(self, study: Study, out_dir: str | Path, **options: Any) -> dict[str, Any]:
+        """Predict one study and write OUT (options: see `_predict_into`); return prediction.json's
+        dict. Outputs are written in a hidden folder inside OUT and moved in with prediction.json
+        last, so a failed run leaves no CAM or mask without its prediction.json."""
+        with staged_files(out_dir, last=[PREDICTION]) as stage:
+            return self._predict_into(study, stage, **options)
+
+    def _predict_into(
         self,
         study: Study,
         out_dir: str | Path,
@@ -121,13 +137,15 @@ class Predictor:
         bbox: tuple[float, ...] | list[float] | None = None,
         bbox_units: str = "mm",
         keep_phi: bool = False,
+        anonymize: bool = False,
         cam: bool = True,
         occlusion: bool = True,
         report: bool = True,
         read_seconds: float = 0.0,
     ) -> dict[str, Any]:
-        """Predict one study and write OUT (see the module docstring); return prediction.json's dict."""
+        """Predict one study into `out_dir` (see the module docstring)."""
         start = time.perf_counter()
+        check_phi_options(keep_phi, anonymize)
         out = Path(out_dir)
         timings = {"read": round(read_seconds, 4), "register": 0.0, "preprocess": 0.0}
         warnings: list[str] = []
@@ -146,7 +164,16 @@ class Predictor:
         if box is None:  # a segmenting model finds the lesion itself
             box = self._coarse_box(study, canon, present, ref, timings)
         timings["preprocess"] += time.perf_counter() - tick
-        pre = self._preprocess(study.case_id, canon, present, ref, box, timings)
+        own = (
+            {
+                p: lesion.canonical_box(lesion.box_mask(study.phases[p], b))
+                for p, b in study.phase_boxes.items()
+                if p in present
+            }
+            if source == PHASE_BOXES
+            else {}
+        )
+        pre = self._preprocess(study.case_id, canon, present, ref, box, timings, own)
         warnings += pre.meta["warnings"] + registration_warnings(pre.meta["registration"])
 
         tick = time.perf_counter()
@@ -228,7 +255,7 @@ class Predictor:
             "cam": cam_result.info(self.phases) if cam_result else None,
             "model_performance": self.cv,
             "warnings": list(dict.fromkeys(warnings)),
-            "source": study_source(study),
+            "source": study_source(study, keep_phi),
             "registration": pre.meta["registration"],
             "crop": {
                 "roi_source": source,
@@ -249,9 +276,11 @@ class Predictor:
             from liverphase.inference.dicom_seg import write_dicom_seg
 
             files["dicom_seg"] = write_dicom_seg(
-                pred_mask, study, ref, out / "lesion_seg.dcm", self.model_name, keep_phi=keep_phi
+                pred_mask, study, ref, out / "lesion_seg.dcm", self.model_name, keep_phi, anonymize
             )
         strings = [] if keep_phi else phi_strings(phi)
+        # the SEG keeps its study's identity unless anonymized (io.phi): only its blanks are checked
+        seg_strings = strings if anonymize else phi_strings({k: phi.get(k) for k in SEG_BLANKED})
         if report:
             tick = time.perf_counter()
             from liverphase.inference.report_html import write_report
@@ -264,8 +293,10 @@ class Predictor:
         timings["total"] = time.perf_counter() - start + read_seconds
         prediction["timings"] = _rounded(timings)
         prediction["files"] = {k: v.name for k, v in files.items()}
-        files["prediction"] = write_json(out / "prediction.json", prediction, strings)
-        leaks = find_phi(list(files.values()), strings)
+        files["prediction"] = write_json(out / PREDICTION, prediction, strings)
+        leaks = find_phi([f for k, f in files.items() if k != "dicom_seg"], strings)
+        if "dicom_seg" in files and not keep_phi:
+            leaks += find_phi([files["dicom_seg"]], seg_strings)
         if leaks:  # a bug, not a user error: never report success with PHI written
             raise RuntimeError(f"PHI found in outputs: {sorted({str(p) for p, _ in leaks})}")
         return prediction
@@ -275,6 +306,8 @@ class Predictor:
         present = [p for p in self.phases if p in study.phases]
         missing = [p for p in self.phases if p not in study.phases]
         where = study_path(study)
+        # the reader's own doubts (phases named by acquisition order) belong in the report too
+        warnings.extend(str(w) for w in study.metadata.get("warnings", []))
         if missing and (not self.accepts_phase_mask or not present):
             raise DatasetError(
                 f"study {study.case_id!r} lacks phase(s) {missing} that model {self.model_name!r} "
@@ -306,6 +339,8 @@ class Predictor:
     ) -> tuple[sitk.Image | None, lesion.Box6 | None, str]:
         """(lesion mask on the reference grid or None, voxel box in the canonical copy, source)."""
         user_mask, source = None, ""
+        if mask is not None and bbox is not None:
+            raise ConfigError(MASK_AND_BBOX, "--mask / --bbox")
         if mask is not None:
             user_mask, source = (
                 read_image(mask) if not isinstance(mask, sitk.Image) else mask,
@@ -323,6 +358,13 @@ class Predictor:
         elif study.bbox is not None:
             box_img = lesion.box_mask(reference, study.bbox)
             return None, lesion.canonical_box(box_img), "bbox (cases.csv)"
+        elif study.phase_boxes:
+            p = study.reference_phase if study.reference_phase in study.phase_boxes else None
+            p = p or next(iter(study.phase_boxes))
+            box_img, _ = lesion.conform_mask(
+                lesion.box_mask(study.phases[p], study.phase_boxes[p]), reference
+            )
+            return None, lesion.canonical_box(box_img), PHASE_BOXES
         elif self.segments or self.config.roi_source == "image":
             return None, None, "model (coarse pass over the whole scan)"
         elif self.organ:
@@ -355,8 +397,10 @@ class Predictor:
         ref: str,
         box: lesion.Box6 | None,
         timings: dict[str, float],
+        phase_boxes: dict[str, lesion.Box6 | None] | None = None,
     ) -> PreprocessedStudy:
-        """Run the bundle's preprocessing on the canonical copy with the crop from `box`."""
+        """Run the bundle's preprocessing on the canonical copy with the crop from `box` (and each
+        phase's own box in `phase_boxes`, canonical voxels, when the case gives one per phase)."""
         if box is None or self.config.roi_source == "image":
             config = self.config.replace(roi_source="image", phases=tuple(present))
             box = None
@@ -364,7 +408,10 @@ class Predictor:
             if self.config.roi_source == "mask_jitter":
                 box = lesion.enlarge_box(box, float(np.mean(self.config.jitter_scale)))
             config = self.config.replace(roi_source="bbox", phases=tuple(present))
-        study = Study(case_id, {p: canon[p] for p in canon}, bbox=box, reference_phase=ref)
+        own = {p: b for p, b in (phase_boxes or {}).items() if b is not None and box is not None}
+        study = Study(
+            case_id, {p: canon[p] for p in canon}, bbox=box, reference_phase=ref, phase_boxes=own
+        )
         pre = preprocess_study(study, config)
         t = pre.meta["timings"]
         timings["register"] += float(t.get("register", 0.0))

@@ -6,25 +6,25 @@ STUDY may be
   with `case`: OUT holds that case's outputs;
 - a dataset folder without `case`: every case goes to OUT/<case_id>/, with a progress bar and one
   OUT/summary.csv (a case that fails is listed with its error; the others go on).
-A DICOM study's case id is its folder name, unless the folder name holds the patient's name: then
-"study-" and a hash of the StudyInstanceUID.
+A DICOM study's case id is its folder name, unless the folder name holds an identifier of the study's
+headers (`io.phi.name_holds`: a name component, an id, a date, a UID): then `io.phi.pseudonym` of
+the StudyInstanceUID, with a warning in prediction.json; `keep_phi` keeps the folder name.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import re
 import time
 from pathlib import Path
 from typing import Any
 
-from liverphase.atomic import atomic_write_text
+from liverphase.atomic import atomic_write_text, check_writable_dir
 from liverphase.errors import ConfigError, InputFileError, LiverphaseError
-from liverphase.inference.predictor import Predictor
+from liverphase.inference.predictor import MASK_AND_BBOX, Predictor
 from liverphase.io.nifti import open_dataset
-from liverphase.io.outputs import phi_strings
+from liverphase.io.phi import check_phi_options, name_holds, pseudonym
 from liverphase.io.study import Study
 
 _PHASE_FILE = re.compile(r"^(?P<case>.+)_(?P<k>\d{4})\.nii(\.gz)?$")
@@ -70,16 +70,23 @@ def resolve_study_path(path: str | Path, case: str | None = None) -> tuple[str, 
     )
 
 
-def read_dicom(folder: Path) -> Study:
-    """Read a DICOM study and give it a case id that carries no patient name."""
+def read_dicom(folder: Path, keep_phi: bool = False) -> Study:
+    """Read a DICOM study and give it a case id that carries no identifier of its headers."""
     from liverphase.io.dicom import read_dicom_study
 
     study = read_dicom_study(folder)
-    phi = [s.lower() for s in phi_strings(study.metadata.get("phi"))]
-    name = study.case_id.lower()
-    if not study.case_id or any(s in name for s in phi):
+    if keep_phi:  # the user's explicit choice: the folder name stays the case id
+        return study
+    phi = study.metadata.get("phi")
+    held = sorted(set(name_holds(folder.name, phi) + name_holds(study.case_id, phi)))
+    if held:
         uid = str(study.metadata.get("study_instance_uid") or folder.resolve())
-        study.case_id = "study-" + hashlib.sha256(uid.encode()).hexdigest()[:12]
+        study.case_id = pseudonym(uid)
+        study.metadata.setdefault("warnings", []).append(
+            f"case id: the study folder's name holds {', '.join(held)} of the DICOM headers, so "
+            f"the case id is the pseudonym {study.case_id} (from the StudyInstanceUID); "
+            "--keep-phi keeps the folder name"
+        )
     return study
 
 
@@ -96,12 +103,16 @@ def predict_path(
     **options: Any,
 ) -> dict[str, Any]:
     """Predict a STUDY argument into OUT (see the module docstring)."""
+    check_phi_options(keep_phi, bool(options.get("anonymize")))
+    if mask is not None and bbox is not None:
+        raise ConfigError(MASK_AND_BBOX, "--mask / --bbox")
     kind, root, cases = resolve_study_path(path, case)
-    out = Path(out)
+    # the inputs are valid: now OUT, before any study is read or the model runs
+    out = check_writable_dir(out)
     where = dict(mask=mask, bbox=bbox, bbox_units=bbox_units, keep_phi=keep_phi, **options)
     if kind == "dicom":
         tick = time.perf_counter()
-        study = read_dicom(root)
+        study = read_dicom(root, keep_phi)
         return predictor.predict_study(study, out, read_seconds=time.perf_counter() - tick, **where)
     ds = open_dataset(root)
     if kind == "case":
@@ -164,9 +175,11 @@ def run_predict(
     bbox_units: str = "mm",
     keep_phi: bool = False,
     progress: bool = True,
+    anonymize: bool = False,
 ) -> dict[str, Any]:
     """What `liverphase predict` calls: load the bundle, predict STUDY into OUT, return the result."""
     predictor = Predictor(bundle)
+    where = dict(mask=mask, bbox=bbox, bbox_units=bbox_units, keep_phi=keep_phi)
     return predict_path(
-        predictor, study_path, out, case, mask, bbox, bbox_units, keep_phi, progress
+        predictor, study_path, out, case, progress=progress, anonymize=anonymize, **where
     )

@@ -18,6 +18,10 @@ CASES_CSV = "cases.csv"
 # no leading dot, so no id read from a cases.csv can reach outside its folder.
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 CASE_ID_RULE = "letters, digits, '_', '-', '.', starting with a letter or digit"
+# `bbox_<PHASE>` columns: a box per phase in that phase's own voxels (LLD-MMRI gives one per sequence)
+PHASE_BOX_PREFIX = "bbox_"
+
+Box6 = tuple[int, int, int, int, int, int]
 
 
 @dataclass
@@ -27,11 +31,12 @@ class CaseRecord:
     case_id: str
     patient_id: str
     label: str | None
-    bbox: tuple[int, int, int, int, int, int] | None = None
+    bbox: Box6 | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    phase_boxes: dict[str, Box6] = field(default_factory=dict)
 
 
-def _parse_bbox(text: str, where: Path, case_id: str) -> tuple[int, int, int, int, int, int] | None:
+def _parse_bbox(text: str, where: Path, case_id: str, column: str = "bbox") -> Box6 | None:
     text = (text or "").strip()
     if not text:
         return None
@@ -41,7 +46,7 @@ def _parse_bbox(text: str, where: Path, case_id: str) -> tuple[int, int, int, in
         vals = []
     if len(vals) != 6 or any(vals[i + 3] <= vals[i] for i in range(3)):
         raise DatasetError(
-            f"case {case_id!r}: bbox must be 'z0 y0 x0 z1 y1 x1' with z1>z0 etc., got {text!r}",
+            f"case {case_id!r}: {column} must be 'z0 y0 x0 z1 y1 x1' with z1>z0 etc., got {text!r}",
             where,
         )
     return tuple(vals)  # type: ignore[return-value]
@@ -87,30 +92,51 @@ def read_cases_csv(path: Path) -> list[CaseRecord]:
         extra = {
             k: v
             for k, v in row.items()
-            if k not in ("case_id", "patient_id", "label", "bbox") and k
+            if k not in ("case_id", "patient_id", "label", "bbox")
+            and k
+            and not k.startswith(PHASE_BOX_PREFIX)
+        }
+        boxes = {
+            k[len(PHASE_BOX_PREFIX) :]: _parse_bbox(v, path, cid, k)
+            for k, v in row.items()
+            if k and k.startswith(PHASE_BOX_PREFIX) and (v or "").strip()
         }
         records.append(
-            CaseRecord(cid, pid, label, _parse_bbox(row.get("bbox", ""), path, cid), extra)
+            CaseRecord(
+                cid,
+                pid,
+                label,
+                _parse_bbox(row.get("bbox", ""), path, cid),
+                extra,
+                {k: v for k, v in boxes.items() if v is not None},
+            )
         )
     return records
 
 
+def _box_text(box: Sequence[int] | None) -> str:
+    return " ".join(str(int(v)) for v in box) if box else ""
+
+
 def write_cases_csv(path: Path, records: Sequence[CaseRecord]) -> None:
-    """Write cases.csv atomically (extra columns in first-seen order)."""
+    """Write cases.csv atomically (per-phase boxes, then extra columns, in first-seen order)."""
     extra_cols: list[str] = []
+    box_phases: list[str] = []
     for r in records:
+        box_phases += [p for p in r.phase_boxes if p not in box_phases]
         extra_cols += [k for k in r.extra if k not in extra_cols]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["case_id", "patient_id", "label", "bbox", *extra_cols])
+    box_cols = [PHASE_BOX_PREFIX + p for p in box_phases]
+    writer.writerow(["case_id", "patient_id", "label", "bbox", *box_cols, *extra_cols])
     for r in records:
-        bbox = " ".join(str(v) for v in r.bbox) if r.bbox else ""
         writer.writerow(
             [
                 r.case_id,
                 r.patient_id,
                 r.label or "",
-                bbox,
+                _box_text(r.bbox),
+                *(_box_text(r.phase_boxes.get(p)) for p in box_phases),
                 *(r.extra.get(c, "") for c in extra_cols),
             ]
         )

@@ -17,18 +17,28 @@ Phase naming rule (documented contract):
    acquisition order. At least one series must be named by its description.
 4. Phases are returned in acquisition order (AcquisitionTime, else SeriesTime, else ContentTime,
    with their dates); series without a time follow the rules' order.
+5. A series holding several acquisitions (phases in one SeriesInstanceUID, repeated slice
+   positions) is first split into one series per acquisition and its acquisitions named as
+   `dicom_phases` documents; they then take part in rules 2-4 like separate series.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import SimpleITK as sitk
 
 from liverphase.errors import DicomError, LiverphaseError
+from liverphase.io.dicom_phases import (
+    AcquisitionSeries,
+    check_phase_names,
+    proposed_phase,
+    split_series,
+)
 from liverphase.io.dicom_series import (
     DicomSeries,
     DicomSlice,
@@ -37,6 +47,7 @@ from liverphase.io.dicom_series import (
     load_volume,
     scan_files,
 )
+from liverphase.io.phi import identifiers
 from liverphase.io.study import Study, geometry_of
 from liverphase.phases import PhaseRules
 
@@ -46,14 +57,15 @@ def _assign(
 ) -> dict[str, DicomSeries]:
     order = list(rules.rules)
     by_phase: dict[str, list[DicomSeries]] = defaultdict(list)
+    claims = {id(s): proposed_phase(s, rules) for s in series}
     for s in series:
-        phase = rules.match(s.description)
+        phase = claims[id(s)][0]
         if phase is not None:
             by_phase[phase].append(s)
     inf = float("inf")
     for phase, group in by_phase.items():
         group.sort(key=lambda s: (s.time if s.time is not None else inf, -len(s.slices), s.number))
-        group[0].phase, group[0].assigned_by = phase, "description"
+        group[0].phase, group[0].assigned_by = phase, claims[id(group[0])][1]
         for other in group[1:]:
             other.note = (
                 f"also named {phase}; the earlier acquisition {group[0].description!r} was kept"
@@ -62,6 +74,9 @@ def _assign(
         (s for s in series if s.phase), key=lambda s: s.time if s.time is not None else inf
     )
     if not named:
+        for s in series:  # a series of phases that could not be split explains more than "no match"
+            if s.split_error is not None:
+                problems.add(s.split_error)
         descs = sorted({repr(s.description) for s in series}) or ["none"]
         problems.add(
             DicomError(
@@ -98,7 +113,10 @@ def default_rules(series: list[DicomSeries]) -> PhaseRules:
 
 
 def _analyse(
-    folder: Path, rules: PhaseRules | None, problems: Problems
+    folder: Path,
+    rules: PhaseRules | None,
+    problems: Problems,
+    acquisition_phases: Sequence[str] | None = None,
 ) -> tuple[dict, dict[str, DicomSeries], dict[str, sitk.Image], list[DicomSeries]]:
     slices, skipped = scan_files(folder, problems)
     studies: dict[str, list[DicomSlice]] = defaultdict(list)
@@ -113,8 +131,10 @@ def _analyse(
     for s in slices:
         grouped[str(s.get("SeriesInstanceUID", s.path))].append(s)
     series = [DicomSeries(uid, group) for uid, group in grouped.items()]
-    series.sort(key=lambda s: (s.time if s.time is not None else float("inf"), s.number))
     rules = rules or default_rules(series)
+    check_phase_names(acquisition_phases, rules)
+    series = [part for s in series for part in split_series(s, rules, acquisition_phases)]
+    series.sort(key=lambda s: (s.time if s.time is not None else float("inf"), s.number))
     phases = _assign(series, rules, folder, problems) if series else {}
     images: dict[str, sitk.Image] = {}
     for s in series:
@@ -135,11 +155,18 @@ def _analyse(
 
 
 def read_dicom_study(
-    folder: str | Path, rules: PhaseRules | None = None, case_id: str | None = None
+    folder: str | Path,
+    rules: PhaseRules | None = None,
+    case_id: str | None = None,
+    acquisition_phases: Sequence[str] | None = None,
 ) -> Study:
-    """Read a DICOM study folder into a Study (phases in acquisition order); DicomError on problems."""
+    """Read a DICOM study folder into a Study (phases in acquisition order); DicomError on problems.
+
+    `acquisition_phases` names, in acquisition order, the acquisitions of a series that holds
+    several phases (see `dicom_phases`), instead of inferring them.
+    """
     folder = Path(folder)
-    _, phases, images, series = _analyse(folder, rules, Problems(strict=True))
+    _, phases, images, series = _analyse(folder, rules, Problems(strict=True), acquisition_phases)
     first = next(iter(phases.values())).first
     meta: dict[str, Any] = {
         "source": "dicom",
@@ -160,11 +187,13 @@ def read_dicom_study(
             for s in series
             if s.phase is None
         ],
-        "phi": {
-            "PatientName": str(first.get("PatientName", "")),
-            "PatientBirthDate": str(first.get("PatientBirthDate", "")),
-        },
+        # every identifier of the headers (each series' first), so outputs can be checked for them
+        "phi": identifiers(s.first.ds for s in series),
     }
+    split = {p: s for p, s in phases.items() if isinstance(s, AcquisitionSeries)}
+    if split:  # only then, so a study of separate series reads exactly as before
+        meta["acquisitions"] = {p: s.summary() for p, s in split.items()}
+        meta["warnings"] = list(dict.fromkeys(s.warning for s in split.values() if s.warning))
     return Study(
         case_id=case_id or _safe_id(folder.name),
         phases={p: images[p] for p in phases},
@@ -187,12 +216,14 @@ def _safe_id(name: str) -> str:
 
 
 def scan_dicom_study(
-    folder: str | Path, rules: PhaseRules | None = None
+    folder: str | Path,
+    rules: PhaseRules | None = None,
+    acquisition_phases: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], list[LiverphaseError]]:
     """Summary (series, phases, geometry) and every problem found, for `liverphase inspect`."""
     folder = Path(folder)
     problems = Problems(strict=False)
-    summary, phases, images, series = _analyse(folder, rules, problems)
+    summary, phases, images, series = _analyse(folder, rules, problems, acquisition_phases)
     rows = []
     lines = [
         f"DICOM study {folder}: {summary['files']} image files"
@@ -209,6 +240,8 @@ def scan_dicom_study(
             "note": s.note,
             "modality": str(s.first.get("Modality", "")),
         }
+        if isinstance(s, AcquisitionSeries):
+            row["acquisition"] = s.summary()
         if s.phase in images:
             img = images[s.phase]
             row.update(geometry_of(img))
@@ -228,5 +261,7 @@ def scan_dicom_study(
                 f"{'x'.join(f'{v:.2f}' for v in row['spacing'])} mm, {row['orientation']}"
             )
         lines.append(f"  {s.label}: {len(s.slices)} slices{geo} {where}")
+    warnings = [s.warning for s in phases.values() if getattr(s, "warning", "")]
+    lines += [f"  note: {w}" for w in dict.fromkeys(warnings)]
     summary.update(series=rows, phases=list(phases), lines=lines)
     return summary, list(problems.items)

@@ -63,6 +63,8 @@ class DicomSeries:
     assigned_by: str | None = None
     note: str = ""
     normal: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    # set by dicom_phases when the series repeats slice positions it cannot split into acquisitions
+    split_error: LiverphaseError | None = None
 
     @property
     def first(self) -> DicomSlice:
@@ -129,24 +131,29 @@ def _tm_seconds(tm: str) -> float | None:
     return int(h) * 3600 + int(m or 0) * 60 + int(s or 0) + float(frac or 0)
 
 
+def dicom_seconds(s: DicomSlice, time_key: str, date_key: str) -> float | None:
+    """A TM element of a slice in seconds, its date (else StudyDate) included; None if absent."""
+    tm = s.get(time_key)
+    secs = _tm_seconds(tm) if tm is not None else None
+    if secs is None:
+        return None
+    date = s.get(date_key) or s.get("StudyDate")
+    try:
+        day = dt.datetime.strptime(str(date)[:8], "%Y%m%d").toordinal() if date else 0
+    except ValueError:
+        day = 0
+    return day * 86400.0 + secs
+
+
 def _acq_seconds(s: DicomSlice) -> float | None:
     for tkey, dkey in (
         ("AcquisitionTime", "AcquisitionDate"),
         ("SeriesTime", "SeriesDate"),
         ("ContentTime", "ContentDate"),
     ):
-        tm = s.get(tkey)
-        if tm is None:
-            continue
-        secs = _tm_seconds(tm)
-        if secs is None:
-            continue
-        date = s.get(dkey) or s.get("StudyDate")
-        try:
-            day = dt.datetime.strptime(str(date)[:8], "%Y%m%d").toordinal() if date else 0
-        except ValueError:
-            day = 0
-        return day * 86400.0 + secs
+        secs = dicom_seconds(s, tkey, dkey)
+        if secs is not None:
+            return secs
     return None
 
 
@@ -221,6 +228,11 @@ def scan_files(folder: Path, problems: Problems) -> tuple[list[DicomSlice], dict
 
 def check_series(series: DicomSeries, problems: Problems) -> bool:
     """Validate geometry and sort slices along the normal; False when the series is unusable."""
+    if series.split_error is not None:
+        # reported once even when `_assign` already reported it for a study naming no phase
+        if all(e is not series.split_error for e in problems.items):
+            problems.add(series.split_error)
+        return False
     bad = len(problems.items)
     for s in series.slices:
         if "ImagePositionPatient" not in s.ds or "ImageOrientationPatient" not in s.ds:

@@ -9,7 +9,13 @@ from typing import Any
 import SimpleITK as sitk
 
 from liverphase.errors import DatasetError, InputFileError, LiverphaseError
-from liverphase.io.nifti import open_dataset, read_image
+from liverphase.io.nifti import NnUNetDataset, open_dataset, read_image
+from liverphase.io.published_split import (
+    describe_splits,
+    has_split_column,
+    split_counts,
+    split_problems,
+)
 from liverphase.io.study import same_grid
 
 
@@ -39,7 +45,10 @@ def inspect_dataset(root: Path) -> tuple[dict[str, Any], list[LiverphaseError]]:
         f"phases: {', '.join(ds.phases)} (reference {ds.reference_phase})",
         f"cases: {len(ds.cases)} from {len(patients)} patients",
         "labels: " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())),
+        *describe_splits(ds.cases),
     ]
+    # a published split (cases.csv `split`): unknown values and a patient on two sides are problems
+    problems += split_problems(ds.cases, ds.root / "cases.csv")
     cases: dict[str, Any] = {}
     for rec in ds.cases:
         try:
@@ -75,6 +84,7 @@ def inspect_dataset(root: Path) -> tuple[dict[str, Any], list[LiverphaseError]]:
         problems.append(
             DatasetError(f"case {cid!r} has images but no row in cases.csv", ds.root / "cases.csv")
         )
+    problems += stray_phase_files(ds, listed)
     summary = {
         "kind": "dataset",
         "phases": ds.phases,
@@ -82,10 +92,30 @@ def inspect_dataset(root: Path) -> tuple[dict[str, Any], list[LiverphaseError]]:
         "n_cases": len(ds.cases),
         "n_patients": len(patients),
         "labels": dict(labels),
+        **({"splits": split_counts(ds.cases)} if has_split_column(ds.cases) else {}),
         "cases": cases,
         "lines": lines,
     }
     return summary, problems
+
+
+def stray_phase_files(ds: NnUNetDataset, cases: set[str]) -> list[LiverphaseError]:
+    """Image files of listed cases that no phase reads: `<case>_<K>` with K not a channel of
+    dataset.json's channel_names (a phase the user meant to add, or a misnumbered file)."""
+    channels = sorted(ds.channel_index.values())
+    found: list[LiverphaseError] = []
+    for path in sorted((ds.root / "imagesTr").glob(f"*{ds.file_ending}")):
+        cid, _, k = path.name[: -len(ds.file_ending)].rpartition("_")
+        if cid in cases and not (k.isdigit() and int(k) in channels):
+            found.append(
+                DatasetError(
+                    f"file of case {cid!r} for channel {k}, which dataset.json channel_names "
+                    f"does not list (channels {channels}: {', '.join(ds.phases)}): it is never "
+                    "read; add the channel or remove the file",
+                    path,
+                )
+            )
+    return found
 
 
 def inspect_path(path: Path) -> tuple[dict[str, Any], list[LiverphaseError]]:

@@ -22,7 +22,8 @@ from liverphase.io.cases_csv import (
     read_cases_csv,
     write_cases_csv,
 )
-from liverphase.io.study import Study, same_grid
+from liverphase.io.dataset_json import JsonObject, check_channel_names
+from liverphase.io.study import Study, grid_difference, same_grid
 from liverphase.phases import DEFAULT_REFERENCE_PHASE
 
 
@@ -148,7 +149,9 @@ class NnUNetDataset:
         if not meta_path.is_file():
             raise DatasetError("dataset.json not found: not an nnU-Net raw dataset", meta_path)
         try:
-            self.meta: dict[str, Any] = json.loads(meta_path.read_bytes().decode("utf-8-sig"))
+            self.meta: dict[str, Any] = json.loads(
+                meta_path.read_bytes().decode("utf-8-sig"), object_pairs_hook=JsonObject
+            )
         except json.JSONDecodeError as exc:
             raise DatasetError(
                 f"invalid JSON ({exc.msg} at line {exc.lineno})", meta_path
@@ -167,6 +170,7 @@ class NnUNetDataset:
             order = sorted(channels, key=int)
         except ValueError:
             raise DatasetError("'channel_names' keys must be integers", meta_path) from None
+        check_channel_names(channels, order, meta_path)
         self.phases: list[str] = [str(channels[k]) for k in order]
         self.channel_index: dict[str, int] = {str(channels[k]): int(k) for k in order}
         self.file_ending: str = self.meta.get("file_ending", ".nii.gz")
@@ -278,11 +282,23 @@ class NnUNetDataset:
                 "reads the whole liver from it; liverphase ships no liver segmenter yet)",
                 self.root / "labelsTr" / f"{case_id}{self.file_ending}",
             )
-        elif rec.bbox is None and require_roi:
+        elif rec.bbox is None and not rec.phase_boxes and require_roi:
             raise DatasetError(
                 f"case {case_id!r} has neither a mask in labelsTr/ nor a bbox in cases.csv",
                 self.root / CASES_CSV,
             )
+        unknown = sorted(set(rec.phase_boxes) - set(self.phases))
+        if unknown:
+            raise DatasetError(
+                f"case {case_id!r}: bbox column(s) for phase(s) {unknown} not in channel_names "
+                f"{self.phases}",
+                self.root / CASES_CSV,
+            )
+        if rec.bbox is not None:
+            check_box_in_image(rec.bbox, phases[reference], f"case {case_id!r}: bbox", self.root)
+        boxes = {p: b for p, b in rec.phase_boxes.items() if p in phases}
+        for p, box in boxes.items():
+            check_box_in_image(box, phases[p], f"case {case_id!r}: bbox_{p}", self.root)
         grids = {p: img.GetSize() for p, img in phases.items()}
         return Study(
             case_id=case_id,
@@ -292,6 +308,7 @@ class NnUNetDataset:
             label=rec.label,
             bbox=rec.bbox,
             reference_phase=reference,
+            phase_boxes=boxes,
             metadata={"dataset": str(self.root), "extra": dict(rec.extra), "grids": grids},
             sources={
                 "images": [paths[p] for p in phases],
@@ -331,13 +348,25 @@ def _modality(value: object, path: Path) -> str:
     raise DatasetError(f"'modality' must be 'CT' or 'MR', got {value!r}", path)
 
 
+def check_box_in_image(box: Sequence[int], image: sitk.Image, what: str, root: Path) -> None:
+    """A voxel box (z0 y0 x0 z1 y1 x1) must overlap its image; one wholly outside would crop
+    nothing but padding (a constant input the model would call with full confidence)."""
+    size_zyx = image.GetSize()[::-1]
+    lo, hi = box[:3], box[3:]
+    if any(h <= 0 or lo_ >= n for lo_, h, n in zip(lo, hi, size_zyx, strict=True)):
+        raise DatasetError(
+            f"{what} {' '.join(str(int(v)) for v in box)} (z0 y0 x0 z1 y1 x1) lies outside the "
+            f"image of {size_zyx[0]}x{size_zyx[1]}x{size_zyx[2]} voxels (z y x)",
+            root / CASES_CSV,
+        )
+
+
 def check_mask(mask: sitk.Image, reference: sitk.Image, path: Path, reference_phase: str) -> None:
     """A mask must lie on its reference phase's grid, hold integer labels and not be empty."""
     if not same_grid(mask, reference, tol=1e-3):
         raise GeometryError(
-            f"mask is not on the grid of the reference phase {reference_phase} "
-            f"(size {mask.GetSize()} vs {reference.GetSize()}, spacing "
-            f"{tuple(round(s, 3) for s in mask.GetSpacing())} vs {tuple(round(s, 3) for s in reference.GetSpacing())})",
+            f"mask is not on the grid of the reference phase {reference_phase} (mask vs "
+            f"{reference_phase}: {grid_difference(mask, reference, tol=1e-3)})",
             path,
         )
     arr = sitk.GetArrayViewFromImage(mask)
@@ -406,6 +435,10 @@ class NnUNetWriter:
                 self.root / "labelsTr" / f"{study.case_id}.nii.gz",
             )
         bbox = flip_bbox(study.bbox, study.reference.GetSize(), flip_axes) if study.bbox else None
+        boxes = {
+            p: flip_bbox(b, study.phases[p].GetSize(), flip_axes)
+            for p, b in study.phase_boxes.items()
+        }
         self.records.append(
             CaseRecord(
                 study.case_id,
@@ -413,6 +446,7 @@ class NnUNetWriter:
                 study.label,
                 bbox,
                 {k: str(v) for k, v in (extra or {}).items()},
+                boxes,
             )
         )
 

@@ -1,9 +1,9 @@
 """Prediction outputs: label maps and [0, 1] maps on a study's grid as NIfTI, and PHI-safe JSON.
 
-PHI here means the patient's name and birth date from DICOM (kept by `io.dicom` only in
-`Study.metadata["phi"]`). `phi_strings` lists the forms they may take in text, `scrub` replaces them
-in any JSON-like object, and `find_phi` checks written files (the last guard before a predict run
-reports success).
+PHI here means the identifier values of a DICOM study's headers (`io.phi.IDENTIFYING`, kept by
+`io.dicom` only in `Study.metadata["phi"]`). `phi_strings` (from `io.phi`) lists the forms they may
+take in text, `scrub` replaces them in any JSON-like object, and `find_phi` checks written files (the
+last guard before a predict run reports success).
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import SimpleITK as sitk
 from liverphase.atomic import atomic_write_json
 from liverphase.errors import GeometryError
 from liverphase.io.nifti import write_image
+from liverphase.io.phi import phi_strings as phi_strings  # re-exported: one PHI definition
 
 REDACTED = "[removed]"
+_BASE64_IMAGE = re.compile(rb"data:image/[a-z+]+;base64,[A-Za-z0-9+/=]+")
 
 
 def image_on_grid(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
@@ -46,27 +48,6 @@ def write_unit_map(image: sitk.Image, path: str | Path) -> Path:
     clipped = sitk.Clamp(sitk.Cast(image, sitk.sitkFloat32), sitk.sitkFloat32, 0.0, 1.0)
     write_image(clipped, path)
     return Path(path)
-
-
-def phi_strings(phi: Mapping[str, Any] | None) -> list[str]:
-    """The text forms of a DICOM PatientName and PatientBirthDate worth searching for."""
-    out: set[str] = set()
-    for key, value in (phi or {}).items():
-        text = str(value or "").strip()
-        if not text:
-            continue
-        if "Name" in key:
-            parts = [p for p in re.split(r"[\^=]", text) if p.strip()]
-            out.update({text, " ".join(parts), ", ".join(parts[:2]), "_".join(parts)})
-            if len(parts) >= 2:
-                out.add(f"{parts[1]} {parts[0]}")  # "Given Family" as a person would write it
-        elif "Date" in key and re.fullmatch(r"\d{8}", text):
-            out.update(
-                {text, f"{text[:4]}-{text[4:6]}-{text[6:]}", f"{text[6:]}.{text[4:6]}.{text[:4]}"}
-            )
-        else:
-            out.add(text)
-    return sorted((s for s in out if len(s) >= 4), key=len, reverse=True)
 
 
 def scrub(obj: Any, strings: Iterable[str]) -> Any:
@@ -125,6 +106,8 @@ def find_phi(where: str | Path | Iterable[Path], strings: Iterable[str]) -> list
                 data = gzip.decompress(data)
             except OSError:
                 pass
+        if path.suffix in (".html", ".htm"):  # inline PNGs: pixels, and base64 matches by chance
+            data = _BASE64_IMAGE.sub(b"", data)
         low = data.lower()
         found += [(path, n.decode()) for n in needles if n in low]
     return found

@@ -6,11 +6,10 @@ no study; only missing entries are built, each in a spawned worker with its shar
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 
 from liverphase.errors import DatasetError, LiverphaseError
 from liverphase.io.nifti import NnUNetDataset, open_dataset
+from liverphase.pool import process_pool
 from liverphase.preprocess.cache import HASHES, FileHasher, PreprocessCache
 from liverphase.preprocess.config import PreprocessConfig
 
@@ -31,6 +31,8 @@ def _case_extra(ds: NnUNetDataset, case_id: str) -> dict[str, Any]:
         "reference_phase": ds.case_reference_phase(case_id),
         "bbox": list(rec.bbox) if rec.bbox else None,
     }
+    if rec.phase_boxes:  # only when present, so keys of datasets without them stay as they were
+        extra["phase_boxes"] = {p: list(b) for p, b in sorted(rec.phase_boxes.items())}
     if ds.allow_missing_phases:
         extra["phases_present"] = ds.present_phases(case_id)
     return extra
@@ -85,7 +87,7 @@ def preprocess_dataset(
         except LiverphaseError as exc:
             failed[cid] = str(exc)
             continue
-        if not cache.has(keys[cid]):
+        if not cache.reusable(keys[cid], cid):  # missing, or damaged (then logged)
             todo.append((cid, keys[cid]))
     hasher.save()
     warnings: dict[str, list[str]] = {}
@@ -110,10 +112,7 @@ def preprocess_dataset(
                 except LiverphaseError as exc:
                     done(a[1], exc)
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(
-                workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
-            ) as pool:
+            with process_pool(workers, _worker_init, (threads,)) as pool:
                 futures = {pool.submit(_build_case, *a): a[1] for a in args}
                 for fut in as_completed(futures):
                     exc = fut.exception()

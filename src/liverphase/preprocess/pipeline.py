@@ -92,12 +92,42 @@ def lesion_box(study: Study, source: str) -> tuple[Box, str]:
     frame = frame_of(study.reference)
     if source == "image":
         return box_of_points(corner_points(study.reference), frame), "image"
-    use_bbox = source == "bbox" and study.bbox is not None
+    index_box = _index_box(study)
+    use_bbox = source == "bbox" and index_box is not None
     if study.mask is not None and not use_bbox:
         return box_from_mask(study.mask, frame), "mask"
-    if study.bbox is not None:
-        return box_from_index(study.reference, study.bbox, frame), "bbox"
+    if index_box is not None:
+        return box_from_index(*index_box, frame), "bbox"
     raise DatasetError(f"case {study.case_id!r} has neither a lesion mask nor a bbox")
+
+
+def _index_box(study: Study) -> tuple[sitk.Image, tuple[int, ...]] | None:
+    """(image, voxel box) locating the lesion: the reference's bbox, else the reference phase's own
+    box, else the first phase box (every phase box maps to the same physical space)."""
+    if study.bbox is not None:
+        return study.reference, study.bbox
+    for p in [study.reference_phase, *study.phase_boxes]:
+        if p in study.phase_boxes and p in study.phases:
+            return study.phases[p], study.phase_boxes[p]
+    return None
+
+
+def phase_box_grids(
+    study: Study, config: PreprocessConfig, phases: list[str], used: str
+) -> dict[str, tuple[Box, CropGrid]]:
+    """Per phase with its own box (cases.csv `bbox_<PHASE>`), that box and its own crop grid: the
+    phase is cropped around its own annotation and not registered, as LLD-MMRI's sequences are
+    annotated one by one. Empty when the crop comes from a mask or the whole image."""
+    if used != "bbox":
+        return {}
+    frame = frame_of(study.reference)
+    out = {}
+    for p in phases:
+        if p in study.phase_boxes:
+            box = box_from_index(study.phases[p], study.phase_boxes[p], frame)
+            grid = grid_for_box(box.expand(config.margin_mm), config.size, config.keep_aspect)
+            out[p] = (box, grid)
+    return out
 
 
 def _boxes(
@@ -145,6 +175,7 @@ def _register_all(
     lesion: Box,
     grid: CropGrid,
     config: PreprocessConfig,
+    skip: set[str] | None = None,
 ) -> dict[str, RegistrationResult]:
     ref = study.reference_phase
     centre = lesion.centre
@@ -154,7 +185,9 @@ def _register_all(
         )
         for p in phases
     }
-    movers = [p for p in phases if p != ref]
+    movers = [p for p in phases if p != ref and p not in (skip or ())]
+    for p in skip or ():
+        results[p].accepted, results[p].stop = False, "cropped around its own box"
     if not config.register or not movers:
         for res in results.values():
             res.accepted, res.stop = False, "registration off"
@@ -231,7 +264,8 @@ def preprocess_study(
         warnings.append("lesion near the volume edge: the crop leaves the scan and is padded")
     lap("roi")
 
-    reg = _register_all(study, canon, phases, lesion, grid, config)
+    own = phase_box_grids(study, config, phases, used)
+    reg = _register_all(study, canon, phases, lesion, grid, config, skip=set(own))
     warnings += [f"{p}: {r.warning}" for p, r in reg.items() if r.warning]
     lap("register")
 
@@ -239,8 +273,9 @@ def preprocess_study(
     for p in phases:
         if pads[p] is None:
             pads[p] = float(sitk.GetArrayViewFromImage(canon[p])[::2, ::2, ::2].min())
+    crops = {p: own.get(p, (box, grid)) for p in phases}
     raw = {
-        p: _resample_phase(canon[p], grid, reg[p].transform, pads[p], config.antialias)
+        p: _resample_phase(canon[p], crops[p][1], reg[p].transform, pads[p], config.antialias)
         for p in phases
     }
     mask = None
@@ -250,7 +285,7 @@ def preprocess_study(
     lap("resample")
 
     channels, norm = [], {}
-    refs = _liver_references(raw, grid, box, config, warnings)
+    refs = _liver_references(raw, crops, config, warnings)
     for p in phases:
         ref = refs.get(p)
         if config.modality == "ct":
@@ -300,12 +335,16 @@ def preprocess_study(
         "scale_mm": list(grid.scale_mm),
         "lesion_box_mm": {"lo": list(lesion.lo), "hi": list(lesion.hi)},
         "lesion_size_mm": [float(v) for v in lesion.extent[::-1]],
-        "registration": {p: reg[p].to_dict() for p in phases if p != study.reference_phase},
+        "registration": {
+            p: reg[p].to_dict() for p in phases if p != study.reference_phase and p not in own
+        },
         "normalisation": norm,
         "reference_geometry": geometry_of(study.reference),
         "warnings": warnings,
         "timings": timings,
     }
+    if own:  # each of these phases has its own crop grid, around its own box
+        meta["phase_crops"] = {p: g.to_dict() for p, (_, g) in own.items()}
     if kinetics is not None:
         meta["kinetics"] = kinetics
     return PreprocessedStudy(study.case_id, image, mask, meta)
@@ -313,19 +352,18 @@ def preprocess_study(
 
 def _liver_references(
     raw: dict[str, np.ndarray],
-    grid: CropGrid,
-    box: Box,
+    crops: dict[str, tuple[Box, CropGrid]],
     config: PreprocessConfig,
     warnings: list[str],
 ) -> dict[str, float]:
-    """Per phase, the parenchyma level in the crop's margin ring (empty unless asked for)."""
+    """Per phase, the parenchyma level in its crop's margin ring (empty unless asked for)."""
     if config.intensity_reference != "liver":
         return {}
-    ring = outside_box(grid, box)
     ct = config.modality == "ct"
     refs: dict[str, float] = {}
     for p, values in raw.items():
-        ref = ring_reference(values, ring, PARENCHYMA_HU if ct else None)
+        box, grid = crops[p]
+        ref = ring_reference(values, outside_box(grid, box), PARENCHYMA_HU if ct else None)
         if ref is None or (not ct and ref <= 0):
             warnings.append(
                 f"{p}: too little parenchyma in the crop margin; absolute intensities kept"

@@ -35,7 +35,37 @@ def read_experiment_config(config: Path | None) -> dict[str, Any]:
         raise ConfigError(f"invalid YAML ({str(exc).splitlines()[0]})", config) from None
     if not isinstance(data, dict) or set(data) - set(CONFIG_SECTIONS):
         raise ConfigError(f"expected a mapping with sections {', '.join(CONFIG_SECTIONS)}", config)
+    for name, section in data.items():
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(f"section {name!r} must be a mapping, got {section!r}", config)
+    _check_sections(data, config)
     return data
+
+
+# TrainConfig fields set from the command line: in the train section `model` silently replaced
+# --model, and `model_options` was a TypeError traceback
+_SET_ELSEWHERE = {"model": "--model", "model_options": "the model_options section or -o"}
+
+
+def _check_sections(data: dict[str, Any], path: Path) -> None:
+    """Unknown keys, wrong types and out-of-range training values of the YAML's sections, named by
+    the YAML file and section: merged with a profile later, they would be blamed on the profile."""
+    from liverphase.preprocess.config import PreprocessConfig
+    from liverphase.train.config import TrainConfig
+
+    train = data.get("train") or {}
+    for key, flag in _SET_ELSEWHERE.items():
+        if key in train:
+            raise ConfigError(f"train: {key!r} is set by {flag}, not in this section", path)
+    values = TrainConfig.coerce_fields(train, source=f"{path}: train")
+    PreprocessConfig.coerce_fields(data.get("preprocess") or {}, source=f"{path}: preprocess")
+    # ranges on the defaults; `init` may still come from --init, so a stand-in keeps its one
+    # cross-field check (freeze_epochs needs init) for the merged config
+    try:
+        TrainConfig(**{**values, "init": values.get("init") or "--init"}).validate()
+    except ConfigError as exc:
+        if exc.path in values:  # a value the YAML gave, not a default
+            raise ConfigError(f"train: {exc.path}: {exc.problem}", path) from None
 
 
 def config_overrides(

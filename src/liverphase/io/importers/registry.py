@@ -20,7 +20,7 @@ from liverphase.errors import ConfigError, DatasetError, InputFileError
 IMPORT_JSON = "import.json"
 
 # Modules that register importers when imported; a new dataset adds its module here once.
-_IMPORTER_MODULES = ("cirrmri600", "plc_cect", "mct_ltdiag")
+_IMPORTER_MODULES = ("cirrmri600", "plc_cect", "mct_ltdiag", "lld_mmri")
 
 
 @dataclass

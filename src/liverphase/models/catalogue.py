@@ -1,0 +1,59 @@
+"""What each registered model can take, at a glance (`liverphase models`): no profiling, one small
+build per model for its parameter count."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from liverphase.models.registry import (
+    accepts_phase_mask,
+    create_model,
+    list_models,
+    model_defaults,
+    model_info,
+)
+
+# a build with two classes and two phases only counts parameters (the heads grow with classes)
+_PROBE_PHASES = ("A", "B")
+
+
+def model_catalogue(names: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per model: description, parameters, mask needed, phases and missing phases taken."""
+    rows = []
+    for name in names or list_models():
+        info = model_info(name)
+        options = model_defaults(name)
+        model = create_model(name, num_classes=2, phases=_PROBE_PHASES)
+        rows.append(
+            {
+                "model": name,
+                "description": (info["description"] or "").splitlines()[0],
+                "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                "needs_mask": bool(info["segments"]),
+                "min_phases": int(getattr(model, "min_phases", 1)),
+                "missing_phases": accepts_phase_mask(model),
+                "options": options,
+            }
+        )
+    return rows
+
+
+def format_catalogue(rows: list[dict[str, Any]]) -> str:
+    """The catalogue as a markdown table plus the rule it states."""
+    lines = [
+        "| model | params (M) | lesion input | phases / sequences | a missing one | description |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['params_m']:.1f} | "
+            f"{'mask (segments it)' if r['needs_mask'] else 'mask or box'} | "
+            f"any number ≥ {r['min_phases']} | "
+            f"{'predicted without it' if r['missing_phases'] else 'refused at predict'} | "
+            f"{r['description']} |"
+        )
+    lines.append(
+        "Any number of classes. Options: `liverphase models --options`; time and memory: "
+        "`liverphase models --measure`."
+    )
+    return "\n".join(lines)
