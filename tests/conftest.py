@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-from liverphase.io.nifti import NnUNetWriter  # noqa: E402
+from liverphase.io.nnunet_writer import NnUNetWriter  # noqa: E402
 from liverphase.io.study import Study  # noqa: E402
 
 

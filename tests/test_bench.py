@@ -19,6 +19,7 @@ from liverphase.bench.models import REFERENCE_MODEL
 from liverphase.bench.pipeline import STAGES
 from liverphase.bench.report import evaluate_targets, format_markdown
 from liverphase.bench.run import plain, run_bench
+from liverphase.inference.demo_settings import DEMO_MODEL
 from liverphase.models import list_models
 from liverphase.train.config import profile_config
 
@@ -118,17 +119,20 @@ def test_accuracy(bench):
     _, result, _ = bench
     a = result["accuracy"]
     assert a["folds"] == 3 and a["cases"] == 12 and a["epochs"] == 1
-    assert a["difficulty"] == "easy" and a["preset"] == "tiny"
-    assert [r["model"] for r in a["rows"]] == ["miff_spm", "resnet2d_avg"]
+    assert a["difficulty"] == "realistic" and a["preset"] == "tiny"
+    assert [r["model"] for r in a["rows"]] == [DEMO_MODEL]  # the demo's configuration
+    assert (a["auc_floor"], a["ci_lower_floor"]) == (0.85, 0.70)
     for r in a["rows"]:
         assert r["auc"] is None or 0.0 <= r["auc"] <= 1.0
-        assert len(r["auc_ci"]) == 2 and r["input"] == [8, 32, 32]
+        assert len(r["auc_ci"]) == 2 and r["input"] == [16, 32, 32]
+        lo = r["auc_ci"][0]
+        assert r["learns"] == bool(r["auc"] is not None and r["auc"] >= 0.85 and lo > 0.70)
 
 
 def test_targets_listed_and_judged_from_the_values(bench):
     _, result, _ = bench
     targets = result["targets"]
-    assert len(targets) == 4
+    assert len(targets) == 5
     for t in targets:
         assert isinstance(t["name"], str) and isinstance(t["target"], str)
         assert isinstance(t["value"], float) and isinstance(t["met"], bool)
@@ -136,6 +140,8 @@ def test_targets_listed_and_judged_from_the_values(bench):
         assert t["met"] == (t["value"] <= t["limit"] if at_most else t["value"] >= t["limit"])
     assert targets[0]["value"] == result["pipeline"]["timings"]["end_to_end"]["s"]
     assert targets[1]["value"] == result["dataload"]["wait_fraction"]
+    assert targets[4]["value"] == result["accuracy"]["rows"][0]["auc"]
+    assert targets[4]["met"] == result["accuracy"]["rows"][0]["learns"]
 
 
 def test_markdown_has_every_table(bench):
@@ -183,7 +189,8 @@ def test_targets_use_the_paper_input_and_say_what_is_missing():
         "dataload": {"error": "RuntimeError: boom"},
         "models": {"rows": rows},
     }
-    ratio, share = evaluate_targets(result)[2:]
+    ratio, share, learned = evaluate_targets(result)[2:]
+    assert learned["value"] is None and not learned["met"]
     assert (ratio["value"], ratio["met"]) == (1.2, False)  # the paper's row, not the CPU one
     assert "stems differ" in ratio["note"]
     assert (share["value"], share["met"]) == (0.3, False)
@@ -197,3 +204,14 @@ def test_plain_gives_strict_json():
     assert data == {"a": [1, 2], "b": None, "c": [1.5]}
     json.dumps(data, allow_nan=False)
     assert not math.isnan(plain(0.5))
+
+
+def test_a_chance_level_accuracy_is_a_missed_target_and_a_learning_one_is_met():
+    def judged(auc, lo, learns):
+        section = {"auc_floor": 0.85, "ci_lower_floor": 0.7, "cases": 120, "folds": 3}
+        row = {"model": "unet_channels", "auc": auc, "auc_ci": [lo, 0.99], "learns": learns}
+        return evaluate_targets({"quick": False, "accuracy": {**section, "rows": [row]}})[4]
+
+    chance = judged(0.51, 0.40, False)
+    assert chance["value"] == 0.51 and not chance["met"] and "0.7" in chance["note"]
+    assert judged(0.89, 0.82, True)["met"]

@@ -12,7 +12,8 @@ import SimpleITK as sitk
 from liverphase.data.dataset import CachedStudyDataset
 from liverphase.errors import DatasetError, InputFileError
 from liverphase.evaluate.cv import ORGAN_MARGIN_MM, cached_items, experiment_cases, make_experiment
-from liverphase.io.nifti import NnUNetWriter, open_dataset
+from liverphase.io.nifti import open_dataset
+from liverphase.io.nnunet_writer import NnUNetWriter
 from liverphase.io.study import Study
 from liverphase.preprocess.intensity import n4_bias_correct
 

@@ -27,7 +27,7 @@ from liverphase.evaluate.submission import (
     validate_lld_submission,
 )
 from liverphase.io.cases_csv import read_cases_csv, write_cases_csv
-from liverphase.io.nifti import NnUNetWriter
+from liverphase.io.nnunet_writer import NnUNetWriter
 from liverphase.synth.ct import synth_ct_cohort
 
 RUNNER = CliRunner()

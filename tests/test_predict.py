@@ -15,7 +15,8 @@ from _predict_support import PHASES, make_bundle, make_cohort, phi_of
 from liverphase.errors import DatasetError, LiverphaseError
 from liverphase.inference.predictor import Predictor
 from liverphase.inference.run import read_dicom, run_predict
-from liverphase.io.nifti import NnUNetWriter, open_dataset, read_image
+from liverphase.io.nifti import open_dataset, read_image
+from liverphase.io.nnunet_writer import NnUNetWriter
 from liverphase.io.outputs import find_phi
 from liverphase.io.study import Study, same_grid
 

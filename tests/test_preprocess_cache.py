@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from liverphase.errors import DatasetError
-from liverphase.io.nifti import NnUNetDataset, NnUNetWriter, open_dataset, write_image
+from liverphase.io.nifti import NnUNetDataset, open_dataset, write_image
+from liverphase.io.nnunet_writer import NnUNetWriter
 from liverphase.preprocess import cache as cache_mod
 from liverphase.preprocess.build import preprocess_dataset
 from liverphase.preprocess.cache import PreprocessCache, file_digest

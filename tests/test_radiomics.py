@@ -15,7 +15,8 @@ from scipy import ndimage
 
 import liverphase.evaluate.radiomics as rad_cv
 from liverphase.data.splits import patient_folds, splits_from_json, write_splits
-from liverphase.io.nifti import NnUNetWriter, flip_storage
+from liverphase.io.nifti import flip_storage
+from liverphase.io.nnunet_writer import NnUNetWriter
 from liverphase.io.study import Study
 from liverphase.preprocess.radiomics import (
     FIRST_ORDER_FEATURES,

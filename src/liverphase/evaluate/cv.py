@@ -30,6 +30,7 @@ from liverphase.preprocess.cache import PreprocessCache
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.ssl.bundle import check_encoder_bundle
 from liverphase.train.config import PROFILE_INPUT, TrainConfig, profile_config
+from liverphase.train.progress import FoldProgress
 from liverphase.train.trainer import Trainer
 
 
@@ -213,6 +214,7 @@ def _fit_fold(
     split: dict,
     resume: bool,
     progress: bool,
+    label: str = "training",
 ) -> Trainer:
     labels = {c: items[c]["label"] for c in train_ids}
     patients = {c: items[c]["patient_id"] for c in train_ids}
@@ -240,6 +242,7 @@ def _fit_fold(
             exp.phases.index(ds.reference_phase) if ds.reference_phase in exp.phases else None
         ),
         roi_channel=exp.preprocess.roi_channel,
+        callbacks=[FoldProgress(label, exp.train.epochs, enabled=progress)],
     )
     trainer.fit(resume=resume)
     return trainer
@@ -383,7 +386,17 @@ def run_cv(
     for k, fold in enumerate(fold_list):
         train, test = list(fold["train"]), list(fold["test"])
         split = {"fold": k, "test": test}
-        trainer = _fit_fold(exp, ds, items, train, out / f"fold_{k}", split, resume, progress)
+        trainer = _fit_fold(
+            exp,
+            ds,
+            items,
+            train,
+            out / f"fold_{k}",
+            split,
+            resume,
+            progress,
+            f"fold {k + 1}/{folds}",
+        )
         predict_fold(trainer, exp, items, test, k, oof)
     title = f"{exp.model}: {folds}-fold patient-level cross-validation"
     metrics, preds = write_oof_report(

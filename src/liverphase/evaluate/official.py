@@ -214,7 +214,9 @@ def run_official(
     )
     atomic_write_json(out / "splits.json", split.to_json())
     fold = {"fold": 0, "kind": "official", "test": test, "validation": split.val}
-    trainer = _fit_fold(exp, ds, items, split.train, out / "fold_0", fold, resume, progress)
+    trainer = _fit_fold(
+        exp, ds, items, split.train, out / "fold_0", fold, resume, progress, "official split"
+    )
     oof = OutOfFold({}, {}, {})
     predict_fold(trainer, exp, items, test, 0, oof)
     _write_unlabeled(out / UNLABELED_CSV, ds, oof, split.unscored, exp.class_names)

@@ -126,6 +126,10 @@ def _logits(model: nn.Module, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.
     return model(x, **kwargs).logits
 
 
+class CamUnavailable(RuntimeError):
+    """Grad-CAM is undefined for this model: its class score does not flow through the CAM layer."""
+
+
 def _hooked_pass(
     model: nn.Module, layer: str, x: torch.Tensor, class_index: int, kwargs: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +155,7 @@ def _hooked_pass(
     finally:
         handle.remove()
     if not acts or len(grads) != len(acts):
-        raise RuntimeError(f"CAM hooks on {layer!r} saw no gradient (is the layer used?)")
+        raise CamUnavailable(f"the class score has no gradient through {layer!r}")
     return torch.cat(acts), torch.cat([grads[k] for k in range(len(acts))])
 
 

@@ -87,10 +87,20 @@ def cv_metrics(bundle_dir: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def shown_path(path: Path) -> str:
+    """A path as the user would type it where they ran: relative to the working folder when it lies
+    inside (a report shared from a run then names no machine folder), else absolute."""
+    full = Path(path).resolve()
+    try:
+        return str(full.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(full)
+
+
 def bundle_identity(bundle_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Which bundle made the prediction: path, model, options, versions and a weights digest."""
     return {
-        "path": str(bundle_dir.resolve()),
+        "path": shown_path(bundle_dir),
         "model": meta.get("model"),
         "model_options": meta.get("model_options"),
         "class_names": meta.get("class_names"),

@@ -28,7 +28,7 @@ import torch
 import liverphase
 from liverphase.atomic import staged_files
 from liverphase.errors import BundleError, ConfigError, DatasetError, LiverphaseError
-from liverphase.explain.cam import CamResult, PhaseGradCAM
+from liverphase.explain.cam import CamResult, CamUnavailable, PhaseGradCAM
 from liverphase.explain.occlusion import phase_importance
 from liverphase.inference import analysis, lesion
 from liverphase.inference.context import (
@@ -210,7 +210,15 @@ class Predictor:
         cam_result: CamResult | None = None
         if cam:
             tick = time.perf_counter()
-            cam_result = self._cam_engine()(x, pred, kwargs)
+            try:
+                cam_result = self._cam_engine()(x, pred, kwargs)
+            except CamUnavailable:
+                warnings.append(
+                    "no Grad-CAM: this model's class score does not flow through its layers (it "
+                    "reads the class from the lesion regions of its own mask); phase importance "
+                    "and the kinetics explain it"
+                )
+        if cam_result is not None:
             for i, p in enumerate(self.phases):
                 if p in present:
                     img = map_to_reference(cam_result.maps[i], pre.meta, reference)

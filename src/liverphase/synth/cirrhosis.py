@@ -25,7 +25,7 @@ import numpy as np
 from liverphase.atomic import atomic_dir, atomic_write_json
 from liverphase.config import ConfigBase
 from liverphase.errors import ConfigError
-from liverphase.io.nifti import NnUNetWriter
+from liverphase.io.nnunet_writer import NnUNetWriter
 from liverphase.io.study import Study, geometry_of
 from liverphase.synth.acquisition import sample_shift
 from liverphase.synth.anatomy import T

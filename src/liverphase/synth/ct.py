@@ -23,7 +23,8 @@ import numpy as np
 from liverphase.atomic import atomic_dir, atomic_write_json
 from liverphase.config import ConfigBase
 from liverphase.errors import ConfigError
-from liverphase.io.nifti import NnUNetWriter, write_image
+from liverphase.io.nifti import write_image
+from liverphase.io.nnunet_writer import NnUNetWriter
 from liverphase.io.study import Study, geometry_of
 from liverphase.phases import CT_PHASES
 from liverphase.synth.acquisition import MARGIN_MM, sample_grids, sample_shift

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,14 +20,13 @@ from tqdm.auto import tqdm
 
 from liverphase.atomic import atomic_write_json
 from liverphase.errors import DatasetError, InputFileError
-from liverphase.io.cases_csv import CASES_CSV, CaseRecord, write_cases_csv
+from liverphase.io.cases_csv import CASE_ID, CASE_ID_RULE, CASES_CSV, CaseRecord, write_cases_csv
 from liverphase.io.importers.registry import ImportSummary
 from liverphase.io.nifti import read_image, write_image
 
 T = TypeVar("T")
 
 _BOM = b"\xef\xbb\xbf"
-_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # the rule NnUNetWriter and cases.csv apply
 
 
 def read_csv(path: Path, summary: ImportSummary) -> list[dict[str, str]]:
@@ -187,9 +185,9 @@ class DatasetBuilder:
 
     def image_path(self, case_id: str, phase: str) -> Path:
         """Where phase `phase` of a case goes (imagesTr/{case}_{k:04d}.nii.gz)."""
-        if not _CASE_ID.match(case_id):
+        if not CASE_ID.match(case_id):
             # checked before anything of the case is written: the id names its files
-            raise DatasetError(f"case id {case_id!r} must be letters, digits, '_', '-', '.'")
+            raise DatasetError(f"case id {case_id!r} must be {CASE_ID_RULE}")
         return self.out / "imagesTr" / f"{case_id}_{self.phases.index(phase):04d}.nii.gz"
 
     def label_path(self, case_id: str) -> Path:
