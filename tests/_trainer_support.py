@@ -1,4 +1,4 @@
-"""Tiny models for the trainer, bundle and DDP tests (also a run_ddp plugin file).
+"""Tiny models for the trainer and bundle tests.
 
 They are registered only while a test module needs them (the `tiny_models` fixture calls
 `register()` and `unregister()`), so test modules that loop over `list_models()` never see them.

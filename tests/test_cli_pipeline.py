@@ -103,7 +103,10 @@ def test_cv_run_folder_contract(cv_run: Path, cohort: Path) -> None:
 
 
 def test_evaluate_on_a_dataset(cv_run: Path, cohort: Path, tmp_path: Path) -> None:
-    out = _ok(["evaluate", str(cv_run), "--data", str(cohort), "--out", str(tmp_path / "ev")])
+    # the run's own cohort: every study is training data, so evaluate needs --allow-overlap
+    # (tests/test_run_data.py checks the refusal); this test checks the bundles' averaging
+    args = ["evaluate", str(cv_run), "--data", str(cohort), "--out", str(tmp_path / "ev")]
+    out = _ok([*args, "--allow-overlap"])
     assert "AUC" in out
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["pooled"]["n_cases"] == 12
@@ -436,7 +439,7 @@ def test_cv_of_a_segmenting_model_writes_per_case_dice_and_compare_tests_it(
     _check_missing_phases(runs["transformer"], runs["mean"], cohort, tmp_path)
     # evaluate: the fold bundles' mean lesion probability, thresholded, scored per case
     ev = tmp_path / "ev"
-    _ok(["evaluate", str(runs["mean"]), "--data", str(cohort), "--out", str(ev)])
+    _ok(["evaluate", str(runs["mean"]), "--data", str(cohort), "--out", str(ev), "--allow-overlap"])
     with open(ev / "segmentation.csv", newline="") as fh:
         ev_dice = [float(r["dice"]) for r in csv.DictReader(fh)]
     assert len(ev_dice) == 12 and all(0.0 <= d <= 1.0 for d in ev_dice)

@@ -363,6 +363,9 @@ def test_official_run_writes_lld_submission(lld_dataset: Path, tmp_path: Path) -
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     again = json.loads((out / "submission_lld-mmri.json").read_text())
     validate_lld_submission(again)
+    # scored: the labeled test studies only (train and val are the bundle's training data)
+    assert json.loads((out / "metrics.json").read_text())["pooled"]["n_cases"] == 5
+    assert "21 studies that were training data" in result.output
     assert [e["image_id"] for e in again] == [e["image_id"] for e in entries]
 
 

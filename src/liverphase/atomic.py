@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,13 @@ def _json_default(obj: Any) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path` whole."""
+def atomic_dir(path: str | Path, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path` whole.
+
+    `keep`, for content-addressed folders several processes (or machines) may write at once: a
+    `path` found in place when ours is ready is kept if `keep(path)` (a sound folder of the same
+    content; ours is dropped), else replaced, so `path` is never missing while a sound copy exists
+    and two writers never rename over each other."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -85,7 +91,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         share_modes(tmp)
-        if path.exists():
+        if keep is not None:
+            _publish_shared(tmp, path, keep)
+        elif path.exists():
             old = path.with_name(f".{path.name}.old{os.getpid()}")
             os.replace(path, old)
             os.replace(tmp, path)
@@ -95,6 +103,27 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish_shared(tmp: Path, path: Path, keep: Callable[[Path], bool], tries: int = 8) -> None:
+    """Rename `tmp` onto `path` unless a folder `keep` accepts got there first (see atomic_dir)."""
+    for _ in range(tries):
+        try:
+            os.rename(tmp, path)  # refused (ENOTEMPTY) while another writer's folder is there
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        if keep(path):
+            return
+        # a damaged folder: set it aside, then try again (another writer may do the same first)
+        old = path.with_name(f".{path.name}.old{os.getpid()}")
+        try:
+            os.rename(path, old)
+        except OSError:  # gone already (another writer set it aside), or `old` taken: try again
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+    raise OutputError(f"other writers kept replacing it ({tries} tries)", path)
 
 
 def share_modes(folder: str | Path) -> None:

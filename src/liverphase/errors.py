@@ -63,3 +63,11 @@ def os_error_message(exc: OSError) -> str | None:
 class SplitError(DatasetError, ValueError):
     """The cases cannot be split as asked (too few patients for the folds, bad splits.json, a
     published split column that does not hold)."""
+
+
+class DataOverlapError(DatasetError):
+    """A dataset to evaluate on shares studies or patients with the model's training data."""
+
+
+class DataMismatchError(DatasetError):
+    """Runs to compare or reuse were trained on other data than the dataset given."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +47,24 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def torchrun_aware(fn: F) -> F:
+    """Under `torchrun`: leave the process group when the command ends, however it ends, and print
+    results from rank 0 only (every rank still prints its error line). No-op in a plain launch."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from liverphase.train.distributed import launch_facts, torchrun_session
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torchrun_session())
+            if launch_facts()[0] != 0:  # N copies of "bundle: RUN/bundle" say nothing new
+                devnull = stack.enter_context(open(os.devnull, "w"))
+                stack.enter_context(contextlib.redirect_stdout(devnull))
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
@@ -53,7 +73,8 @@ def _auc_text(metrics: dict[str, Any]) -> str:
     """'AUC 0.912 (95% CI 0.850-0.960)' from metrics with auc and auc_ci (nan where missing)."""
     nan = float("nan")
     auc = metrics.get("auc")
-    lo, hi = metrics.get("auc_ci") or (nan, nan)
+    # a CI the bootstrap could not estimate (too few studies of a class) is [null, null]
+    lo, hi = (nan if v is None else v for v in metrics.get("auc_ci") or (nan, nan))
     return f"AUC {nan if auc is None else auc:.3f} (95% CI {lo:.3f}-{hi:.3f})"
 
 
@@ -74,7 +95,14 @@ def _staging_text(pooled: dict[str, Any]) -> str:
 
 _MODEL = typer.Option("miff_spm", "--model", help="A registered model (see `liverphase models`).")
 _PROFILE = typer.Option(
-    "cpu", help="paper (the paper's recipe, for GPUs) or cpu (reduced, for 2 CPU cores)."
+    None,
+    help="paper (the paper's settings, for GPUs) or cpu (reduced, for 2 CPU cores); default: the "
+    "recipe's, else cpu.",
+)
+_RECIPE = typer.Option(
+    None,
+    help="A named recipe of the model (see `liverphase models`); default: the model's default "
+    "recipe. The config and flags override it.",
 )
 _CONFIG = typer.Option(None, help="YAML with sections train, preprocess, model_options.")
 _PHASES = typer.Option(None, help="Comma-separated subset of the dataset's phases, e.g. NC,ART,PV.")

@@ -15,6 +15,7 @@ from liverphase.cli.common import (
     _OPTION,
     _PHASES,
     _PROFILE,
+    _RECIPE,
     _WORKERS,
     _echo_json,
     app,
@@ -135,7 +136,8 @@ def preprocess(
     dataset: Path = typer.Argument(..., help="An nnU-Net dataset with cases.csv."),
     out: Path = typer.Option(..., "--out", help="Cache folder (give it to train/cv as --cache)."),
     model: str = _MODEL,
-    profile: str = _PROFILE,
+    profile: str | None = _PROFILE,
+    recipe: str | None = _RECIPE,
     config: Path | None = _CONFIG,
     phases: str | None = _PHASES,
     in_channels: int = _IN_CHANNELS,
@@ -155,6 +157,7 @@ def preprocess(
         in_channels=in_channels,
         option=option,
         no_register=no_register,
+        recipe=recipe,
     )
     stats = preprocess_experiment(dataset, out, kwargs, workers=workers)
     typer.echo(

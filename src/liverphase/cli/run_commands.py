@@ -39,7 +39,7 @@ def models(
 
     if not measure:
         from liverphase.bench.models import chosen_models
-        from liverphase.models.catalogue import format_catalogue, model_catalogue
+        from liverphase.train.catalogue import format_catalogue, model_catalogue
 
         rows = model_catalogue(chosen_models(names))
         typer.echo(format_catalogue(rows))

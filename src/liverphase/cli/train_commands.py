@@ -21,23 +21,27 @@ from liverphase.cli.common import (
     _OPTION,
     _PHASES,
     _PROFILE,
+    _RECIPE,
     _TIME_STEPS,
     _WORKERS,
     _auc_text,
     _init_kwargs,
     _staging_text,
     app,
+    torchrun_aware,
     user_errors,
 )
 
 
 @app.command()
 @user_errors
+@torchrun_aware
 def train(
     dataset: Path = typer.Argument(..., help="An nnU-Net dataset with cases.csv."),
     out: Path = typer.Option(..., "--out", help="RUN folder (RUN/bundle is written)."),
     model: str = _MODEL,
-    profile: str = _PROFILE,
+    profile: str | None = _PROFILE,
+    recipe: str | None = _RECIPE,
     epochs: int | None = _EPOCHS,
     batch_size: int | None = _BATCH_SIZE,
     lr: float | None = _LR,
@@ -54,7 +58,10 @@ def train(
     init: Path | None = _INIT,
     freeze_epochs: int | None = _FREEZE,
 ) -> None:
-    """Train one model on a whole dataset (an inner validation split selects the epoch)."""
+    """Train one model on a whole dataset (an inner validation split selects the epoch).
+
+    Under `torchrun --nproc_per_node=N -m liverphase train ...`: DDP, one process per GPU.
+    """
     from liverphase.evaluate.cv import run_train
     from liverphase.train.options import experiment_kwargs
 
@@ -70,6 +77,7 @@ def train(
         option,
         no_register,
         loss,
+        recipe=recipe,
     )
     kwargs.update(_init_kwargs(init, freeze_epochs))
     result = run_train(
@@ -80,12 +88,14 @@ def train(
 
 @app.command()
 @user_errors
+@torchrun_aware
 def cv(
     dataset: Path = typer.Argument(..., help="An nnU-Net dataset with cases.csv."),
     out: Path = typer.Option(..., "--out", help="RUN folder."),
     model: str = _MODEL,
     folds: int = typer.Option(5, min=2),
-    profile: str = _PROFILE,
+    profile: str | None = _PROFILE,
+    recipe: str | None = _RECIPE,
     epochs: int | None = _EPOCHS,
     batch_size: int | None = _BATCH_SIZE,
     lr: float | None = _LR,
@@ -111,9 +121,25 @@ def cv(
         help="kfold (patient-level k-fold) or official (cases.csv's split column: train on train, "
         "select on val, score test once; --folds is then unused).",
     ),
+    fold: int | None = typer.Option(
+        None,
+        "--fold",
+        min=0,
+        help="Train and predict fold K only (0-based), a job of its own: run one per fold (a SLURM "
+        "array), then --merge.",
+    ),
+    merge: bool = typer.Option(
+        False,
+        "--merge",
+        help="Pool the RUN's finished folds into metrics and report, with the settings they "
+        "recorded (refused if they differ, or a fold is missing); trains nothing.",
+    ),
 ) -> None:
     """k-fold patient-level cross-validation (or the published split): metrics with CIs, ROC,
-    report and a bundle per fold."""
+    report and a bundle per fold. Folds finished with the same settings and data are reused.
+
+    Under `torchrun --nproc_per_node=N -m liverphase cv ...`: DDP, one process per GPU.
+    """
     from liverphase.errors import ConfigError
     from liverphase.evaluate.cv import run_cv
     from liverphase.train.options import experiment_kwargs
@@ -131,10 +157,13 @@ def cv(
         no_register,
         loss,
         label_fraction,
+        recipe=recipe,
     )
     kwargs.update(_init_kwargs(init, freeze_epochs))
     if splits not in ("kfold", "official"):
         raise ConfigError(f"--splits must be kfold or official, got {splits!r}", "--splits")
+    if (fold is not None) + merge + (splits == "official") > 1:
+        raise ConfigError("--fold, --merge and --splits official exclude one another", "--fold")
     if splits == "official":
         from liverphase.evaluate.official import official_summary, run_official
 
@@ -154,7 +183,13 @@ def cv(
         cache_root=cache,
         workers=workers,
         resume=resume,
+        only_fold=fold,
+        merge=merge,
     )
+    if fold is not None:
+        typer.echo(f"fold {fold} finished: {result['folder']}")
+        typer.echo(f"once every fold is: liverphase cv {dataset} --out {out} --merge")
+        return
     pooled = result["metrics"]["pooled"]
     if "ordinal" in pooled:
         typer.echo(f"pooled {_staging_text(pooled)}")
@@ -172,7 +207,7 @@ def pretrain(
     out: Path = typer.Option(..., "--out", help="RUN folder (RUN/bundle: the encoder bundle)."),
     model: str = typer.Option("std_net", "--model", help="A model with a per-phase encoder."),
     method: str = typer.Option("vicreg", help="mae, barlow or vicreg."),
-    profile: str = _PROFILE,
+    profile: str | None = _PROFILE,
     epochs: int | None = typer.Option(None, help="Pretraining epochs (default 20)."),
     batch_size: int | None = typer.Option(None, help="Studies per batch (default 4)."),
     lr: float | None = typer.Option(None, help="AdamW learning rate (default 1e-3)."),
@@ -202,6 +237,7 @@ def pretrain(
         in_channels=in_channels,
         option=option,
         no_register=no_register,
+        recipe="default",  # recipes are fine-tuning settings; pretraining has its own
     )
     flags = {"method": method, "epochs": epochs, "batch_size": batch_size, "lr": lr}
     settings = {
@@ -230,11 +266,21 @@ def evaluate(
         help="Also write a challenge submission, OUT/submission_<format>.json: lld-mmri (the "
         "dataset's test split, or every case without a split column; labels may be withheld).",
     ),
+    allow_overlap: bool = typer.Option(
+        False,
+        "--allow-overlap",
+        help="Evaluate even when the dataset shares studies (by image content) or patients with "
+        "the bundles' training data; the report then states the overlap.",
+    ),
 ) -> None:
     """Evaluate trained bundle(s) on another dataset: metrics with patient-bootstrap CIs, ROC, report."""
     from liverphase.evaluate.external import evaluate_run
 
-    result = evaluate_run(run, data, out, workers=workers, submission=submission)
+    result = evaluate_run(
+        run, data, out, workers=workers, submission=submission, allow_overlap=allow_overlap
+    )
+    if result.get("note"):
+        typer.echo(result["note"])
     if result["metrics"] is None:
         typer.echo("no labeled case: nothing scored")
     else:
@@ -251,7 +297,9 @@ def ablate(
     dataset: Path = typer.Argument(..., help="An nnU-Net dataset with cases.csv (four CT phases)."),
     out: Path = typer.Option(..., "--out", help="RUN folder: report.md, ablation.json, runs/."),
     folds: int = typer.Option(5, min=2),
-    profile: str = _PROFILE,
+    profile: str = typer.Option(
+        "cpu", help="paper (the paper's settings, for GPUs) or cpu (reduced, for 2 CPU cores)."
+    ),
     epochs: int | None = typer.Option(None, help="Override the profile's epochs for every run."),
     tables: str | None = typer.Option(
         None, help="Comma-separated subset of the suite's tables, by number (default all)."
@@ -275,6 +323,12 @@ def ablate(
         help="ssl suite: a pretraining setting key=value (epochs=20, mask_ratio=0.75, ...), or "
         "methods=[mae,barlow], label_fractions=[0.1,0.25,1], freeze_epochs=K.",
     ),
+    plan: bool = typer.Option(
+        False,
+        "--plan",
+        help="Print one `liverphase cv` command per row still to train (jobs for other machines) "
+        "instead of training; run `ablate` again with the same options once they finished.",
+    ),
 ) -> None:
     """A paper's experiments (networks, components, λ, channels, phases; or STD-Net's) in one command.
 
@@ -287,6 +341,25 @@ def ablate(
 
     chosen = parse_tables(tables, dataset, suite)
     shared = config_overrides(config, option)
+    if plan:  # stdout holds the commands alone (one per line, for a job array); notes to stderr
+        from liverphase.evaluate.ablate_plan import plan_ablation
+
+        commands = plan_ablation(
+            dataset,
+            out,
+            folds,
+            seed,
+            workers,
+            profile=profile,
+            epochs=epochs,
+            tables=chosen,
+            log=lambda line: typer.echo(line, err=True),
+            suite=suite,
+            shared=shared,
+        )
+        for command in commands:
+            typer.echo(command)
+        return
     result = run_ablate(
         dataset,
         out,

@@ -222,8 +222,10 @@ def run_ablate(
     shared: dict[str, Any] | None = None,
     external: str | Path | None = None,
     pretrain: dict[str, Any] | None = None,
+    plan_only: bool = False,
 ) -> dict[str, Any]:
     """Run every variant of the chosen tables once (same folds, same seed) and write RUN/report.md.
+    `plan_only`: raise RowsPlanned with the rows still to train instead (`ablate_plan`).
 
     `shared` (`config_overrides` of --config and -o) goes to every row: training and preprocessing
     settings as they are, each model option to the rows whose model takes it. The ssl suite also
@@ -232,6 +234,8 @@ def run_ablate(
     out = Path(out)
     ds = open_dataset(dataset)
     shared = dict(shared or {})
+    if suite == "ssl" and plan_only:  # its rows start from pretrainings this call would train
+        raise ConfigError("--plan covers the paper, std_net and cirrhosis suites", "--plan")
     if suite == "ssl":
         return run_ssl_ablation(
             ds,
@@ -273,13 +277,26 @@ def run_ablate(
                 workers,
                 n_boot,
                 log,
+                plan_only,
             )
 
         return run_staging_suite(dataset, out, chosen, train, n_boot, seed, folds, profile, log)
     full_key = variant_key(full)
     variants = [full] + [v for t in chosen.values() for v in t.values()]
     runs = train_variants(
-        ds, dataset, out, variants, folds, profile, seed, epochs, shared, workers, n_boot, log
+        ds,
+        dataset,
+        out,
+        variants,
+        folds,
+        profile,
+        seed,
+        epochs,
+        shared,
+        workers,
+        n_boot,
+        log,
+        plan_only,
     )
     sections, results = [], {}
     timings: dict[str, float] = {}  # each network timed once, however many tables hold it

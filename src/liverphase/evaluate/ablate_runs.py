@@ -11,6 +11,7 @@ from typing import Any
 from liverphase.atomic import atomic_write_json
 from liverphase.errors import ConfigError
 from liverphase.evaluate.cv import make_experiment, run_cv, run_record
+from liverphase.evaluate.provenance import dataset_content
 from liverphase.io.nifti import NnUNetDataset
 from liverphase.models.registry import model_defaults
 from liverphase.preprocess.config import PreprocessConfig
@@ -60,6 +61,15 @@ def _with_defaults(record: dict[str, Any]) -> dict[str, Any]:
             training.get("model"), training.get("model_options")
         )
     return out
+
+
+class RowsPlanned(Exception):
+    """`train_variants(plan_only=True)`: the rows still to train, (run folder, cv keyword
+    arguments) each, raised instead of training them so no suite goes on to its tables."""
+
+    def __init__(self, rows: list[tuple[Path, dict[str, Any]]]) -> None:
+        super().__init__(f"{len(rows)} row(s) to train")
+        self.rows = rows
 
 
 # Written into a run folder before its cross-validation starts: an unfinished folder carrying it
@@ -144,11 +154,18 @@ def train_variants(
     workers: int,
     n_boot: int,
     log: Callable[[str], None],
+    plan_only: bool = False,
 ) -> dict[str, Path]:
     """Cross-validate every trained variant once into RUN/runs (variant key → run folder): a
-    finished run with the same settings is reused, an interrupted one continued."""
+    finished run with the same settings is reused, an interrupted one continued. `plan_only`: raise
+    RowsPlanned with the rows still to train instead of training them (`ablate --plan`)."""
+    todo: list[tuple[Path, dict[str, Any]]] = []
     kwargs_of: dict[str, dict[str, Any]] = {}
     records: dict[str, dict[str, Any]] = {}
+    # part of every record: a finished row trained on other data (another seed's CT0000...) or
+    # before runs recorded their data is not reused
+    content = dataset_content(ds, out / "cache")
+    fingerprint = content.fingerprint
     # every row's experiment is built (and validated) before the first run starts
     for variant in variants:
         trained = variant["model"] not in BASELINES and "missing_phase" not in variant
@@ -157,9 +174,10 @@ def train_variants(
             if epochs is not None:
                 kwargs["epochs"] = epochs
             kwargs_of[variant_key(variant)] = kwargs
-            records[variant_key(variant)] = run_record(
-                make_experiment(ds, seed=seed, **kwargs), folds, seed
-            )
+            records[variant_key(variant)] = {
+                **run_record(make_experiment(ds, seed=seed, **kwargs), folds, seed),
+                "data_fingerprint": fingerprint,
+            }
     plan = plan_runs(out / "runs", records)
     for key, (run_dir, state) in plan.items():
         if state == "finished":
@@ -168,6 +186,10 @@ def train_variants(
         resumed = state == "started"
         log(f"cv {run_dir.name}: {'continued, ' if resumed else ''}{kwargs_of[key]}")
         atomic_write_json(run_dir / VARIANT_JSON, records[key])
+        content.keep_hashes(out / "cache")  # the runs' preprocessing then hashes no file again
+        if plan_only:  # a job per row (ablate_plan); the marked folder keeps its name next time
+            todo.append((run_dir, kwargs_of[key]))
+            continue
         run_cv(
             dataset,
             run_dir,
@@ -180,4 +202,6 @@ def train_variants(
             resume=resumed,  # an interrupted run goes on from its folds' last checkpoints
             progress=False,
         )
+    if plan_only:
+        raise RowsPlanned(todo)
     return {key: run_dir for key, (run_dir, _) in plan.items()}

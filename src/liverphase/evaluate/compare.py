@@ -16,6 +16,7 @@ from liverphase.data.splits import splits_from_json
 from liverphase.errors import ConfigError, DatasetError
 from liverphase.evaluate.cv import cached_items
 from liverphase.evaluate.kinetics_baseline import kinetics_baseline_cv
+from liverphase.evaluate.provenance import check_runs_data
 from liverphase.evaluate.report import COMPARISON_COLUMNS, comparison_table, markdown_table
 from liverphase.evaluate.segmentation import pooled_segmentation, read_segmentation_csv
 from liverphase.evaluate.stats import paired_bootstrap_p
@@ -268,6 +269,8 @@ def compare_runs(
         check_cv_run(run)
     ds = open_dataset(dataset)
     ref_run = runs[reference]
+    # runs trained on other data (the same ids, e.g. another synthetic seed) are refused first
+    check_runs_data(runs, ds, cache_root or default_cache(ref_run))
     case_ids, _ = oof_probs(ref_run)
     ref_splits = json.loads((ref_run / "splits.json").read_text())
     models: dict[str, np.ndarray] = {}

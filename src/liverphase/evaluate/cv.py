@@ -9,20 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from liverphase.atomic import atomic_write_json
 from liverphase.data.splits import (
     inner_validation_split,
     label_subset,
     patient_folds,
-    write_splits,
 )
 from liverphase.errors import ConfigError, DatasetError
-from liverphase.evaluate.predictions import Predictions
-from liverphase.evaluate.report import write_cv_report
-from liverphase.evaluate.segmentation import evaluate_segmentation
-from liverphase.evaluate.slices import staging_results
+from liverphase.evaluate import fold_jobs
+from liverphase.evaluate.fold_jobs import OutOfFold, write_oof_report
+from liverphase.evaluate.provenance import items_training_data, run_data
 from liverphase.io.nifti import NnUNetDataset, open_dataset
 from liverphase.models.registry import create_model, model_defaults, model_info
 from liverphase.preprocess.build import preprocess_dataset
@@ -30,6 +26,7 @@ from liverphase.preprocess.cache import PreprocessCache
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.ssl.bundle import check_encoder_bundle
 from liverphase.train.config import PROFILE_INPUT, TrainConfig, profile_config
+from liverphase.train.distributed import in_turn, is_main, join_group, on_main
 from liverphase.train.progress import FoldProgress
 from liverphase.train.trainer import Trainer
 
@@ -236,7 +233,11 @@ def _fit_fold(
         [items[c] for c in val],
         out,
         exp.class_names,
-        bundle_meta=_bundle_meta(exp, ds, split),
+        # the cases it learnt from (validation chose the epoch), for `evaluate`'s overlap check
+        bundle_meta={
+            **_bundle_meta(exp, ds, split),
+            "data": items_training_data(ds, items, [*tr, *val]),
+        },
         progress=progress,
         reference_phase_index=(
             exp.phases.index(ds.reference_phase) if ds.reference_phase in exp.phases else None
@@ -262,17 +263,6 @@ def run_record(exp: Experiment, folds: int, seed: int) -> dict[str, Any]:
     return json.loads(json.dumps(record))
 
 
-@dataclass
-class OutOfFold:
-    """Per-case out-of-fold results: class probabilities, lesion probability maps, fold index."""
-
-    probs: dict[str, np.ndarray]
-    lesion: dict[str, np.ndarray]
-    fold: dict[str, int]
-    # per-slice class probabilities (D, K) of a slice-wise model
-    slices: dict[str, np.ndarray] = field(default_factory=dict)
-
-
 def predict_fold(
     trainer: Trainer, exp: Experiment, items: dict, test_ids: list[str], k: int, oof: OutOfFold
 ) -> None:
@@ -286,61 +276,6 @@ def predict_fold(
         oof.slices.update((c, q) for c, q in zip(test_ids, slices, strict=True) if q is not None)
     for c, p in zip(test_ids, probs, strict=True):
         oof.fold[c], oof.probs[c] = k, p
-
-
-def write_oof_report(
-    out: Path,
-    ds: NnUNetDataset,
-    items: dict[str, dict[str, Any]],
-    oof: OutOfFold,
-    class_names: list[str],
-    *,
-    title: str,
-    model: str,
-    seed: int,
-    n_boot: int,
-    evaluation: str | None = None,
-    sections: Sequence[str] = (),
-) -> tuple[dict[str, Any], Predictions]:
-    """Predictions in dataset order, per-case segmentation metrics and the report of a RUN's
-    out-of-fold results (cv, and a cv RUN re-predicted); returns the metrics and predictions.
-    `evaluation` replaces the report's k-fold design sentence; `sections` are appended."""
-    order = [c.case_id for c in ds.cases if c.case_id in oof.probs]
-    index = {c: i for i, c in enumerate(class_names)}
-    preds = Predictions(
-        case_ids=order,
-        patient_ids=[items[c]["patient_id"] for c in order],
-        folds=[oof.fold[c] for c in order],
-        labels=np.array([index[items[c]["label"]] for c in order]),
-        probs=np.stack([oof.probs[c] for c in order]),
-        class_names=list(class_names),
-    )
-    staging, staging_sections = staging_results(
-        out, ds.ordinal, items, oof.slices, oof.fold, preds, n_boot, seed
-    )
-    seg_ids = [c for c in order if oof.lesion.get(c) is not None]
-    extra, seg_sections = evaluate_segmentation(
-        out,
-        ds,
-        [items[c] for c in seg_ids],
-        [oof.lesion[c] for c in seg_ids],
-        [oof.fold[c] for c in seg_ids],
-        n_boot,
-    )
-    extra = {**(extra or {}), **staging}
-    metrics = write_cv_report(
-        out,
-        preds,
-        title=title,
-        dataset=str(ds.root),
-        model=model,
-        seed=seed,
-        n_boot=n_boot,
-        extra_pooled=extra,
-        sections=[*staging_sections, *seg_sections, *sections],
-        evaluation=evaluation,
-    )
-    return metrics, preds
 
 
 def preprocess_experiment(
@@ -369,23 +304,45 @@ def run_cv(
     resume: bool = False,
     progress: bool = True,
     n_boot: int = 1000,
+    only_fold: int | None = None,
+    merge: bool = False,
 ) -> dict[str, Any]:
-    """k-fold patient-level cross-validation: splits.json, a bundle per fold, predictions, metrics, report."""
+    """k-fold patient-level cross-validation: splits.json, a bundle per fold, predictions, metrics,
+    report; a fold that finished with the same settings and data is reused. `only_fold`: that fold
+    alone (a job; no report). `merge`: pool finished folds with the settings they recorded
+    (`exp_kwargs`, `folds`, `seed` unused), training nothing (see fold_jobs)."""
     start = time.perf_counter()
     ds = open_dataset(dataset)
     out = Path(out)
-    exp = make_experiment(ds, seed=seed, **exp_kwargs)
+    if merge:  # every fold's recorded settings, which must agree
+        fields, folds, seed, cache_root = fold_jobs.merged_settings(out, cache_root)
+        exp = Experiment(**fields)
+    else:
+        exp = make_experiment(ds, seed=seed, **exp_kwargs)
+    fold_jobs.check_fold_index(only_fold, folds)
     ids = experiment_cases(ds, exp.phases)
     # Folds first: a fold count the data cannot support fails before any preprocessing.
     patients, labels = [ds.case(c).patient_id for c in ids], [ds.case(c).label for c in ids]
     fold_list = patient_folds(ids, patients, labels, k=folds, seed=seed)
+    # under torchrun: inputs checked above on every rank alike, so the group starts only now
+    join_group(exp.train.batch_size)
+    progress = progress and is_main()
     cache_dir = Path(cache_root) if cache_root else out / "cache"
-    items = cached_items(ds, cache_dir, exp.preprocess, workers, progress, cases=ids)
-    write_splits(out / "splits.json", fold_list)
+    items = in_turn(cached_items, ds, cache_dir, exp.preprocess, workers, progress, cases=ids)
+    # a fold job or a merge must find the RUN's folds; a whole cv call rewrites them, as ever
+    on_main(fold_jobs.settle_splits, out / "splits.json", fold_list, only_fold is not None or merge)
+    shared = fold_jobs.fold_settings(
+        run_record(exp, folds, seed), exp.phases, exp.class_names, items, cache_dir, ds.root
+    )
     oof = OutOfFold({}, {}, {})
     for k, fold in enumerate(fold_list):
         train, test = list(fold["train"]), list(fold["test"])
         split = {"fold": k, "test": test}
+        record, since = {**shared, **split}, time.perf_counter()
+        if only_fold not in (None, k) or fold_jobs.reuse_fold(
+            out / f"fold_{k}", record, oof, merge
+        ):
+            continue
         trainer = _fit_fold(
             exp,
             ds,
@@ -398,17 +355,20 @@ def run_cv(
             f"fold {k + 1}/{folds}",
         )
         predict_fold(trainer, exp, items, test, k, oof)
+        on_main(fold_jobs.save_fold, out / f"fold_{k}", record, oof, since)
+    if only_fold is not None:
+        return {"fold": only_fold, "folder": str(out / f"fold_{only_fold}"), "run": shared}
     title = f"{exp.model}: {folds}-fold patient-level cross-validation"
-    metrics, preds = write_oof_report(
-        out, ds, items, oof, exp.class_names, title=title, model=exp.model, seed=seed, n_boot=n_boot
-    )
+    report = {"title": title, "model": exp.model, "seed": seed, "n_boot": n_boot}
+    metrics, preds = on_main(write_oof_report, out, ds, items, oof, exp.class_names, **report)
     run_info = {
         **run_record(exp, folds, seed),
+        **run_data(ds, cache_dir, ids),  # the dataset's fingerprint, matched by compare and ablate
         # where the inputs were cached: compare/ablate read the same entries instead of rebuilding
         "cache": str(cache_dir.resolve()),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    atomic_write_json(out / "run.json", run_info)
+    on_main(atomic_write_json, out / "run.json", run_info)
     return {"metrics": metrics, "predictions": preds, "run": run_info}
 
 
@@ -427,7 +387,9 @@ def run_train(
     out = Path(out)
     exp = make_experiment(ds, seed=seed, **exp_kwargs)
     ids = experiment_cases(ds, exp.phases)
+    join_group(exp.train.batch_size)  # under torchrun, after the checks above
+    progress = progress and is_main()
     cache_dir = Path(cache_root) if cache_root else out / "cache"
-    items = cached_items(ds, cache_dir, exp.preprocess, workers, progress, cases=ids)
+    items = in_turn(cached_items, ds, cache_dir, exp.preprocess, workers, progress, cases=ids)
     trainer = _fit_fold(exp, ds, items, ids, out, {"fold": None, "test": []}, resume, progress)
     return {"bundle": str(trainer.bundle_dir)}

@@ -8,6 +8,7 @@ lesion-mask probabilities of models that segment, which then get per-case Dice, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from liverphase.data.dataset import CachedStudyDataset
 from liverphase.errors import BundleError, DatasetError
 from liverphase.evaluate.cv import cached_items
 from liverphase.evaluate.predictions import Predictions
+from liverphase.evaluate.provenance import dataset_content, screen_evaluation
 from liverphase.evaluate.report import write_cv_report
 from liverphase.evaluate.segmentation import evaluate_segmentation
 from liverphase.evaluate.submission import (
@@ -30,7 +32,7 @@ from liverphase.evaluate.submission import (
 from liverphase.io.nifti import open_dataset
 from liverphase.models.tta import lesion_probability, predict_with_flips
 from liverphase.preprocess.config import PreprocessConfig
-from liverphase.train.bundle import load_bundle
+from liverphase.train.bundle import load_bundle, read_bundle_meta
 
 
 def run_bundles(run: str | Path) -> list[Path]:
@@ -92,11 +94,15 @@ def evaluate_run(
     progress: bool = True,
     cache_root: str | Path | None = None,
     submission: str | None = None,
+    allow_overlap: bool = False,
 ) -> dict[str, Any]:
     """Evaluate RUN's bundle (or the mean of its fold bundles) on DATASET; writes a report folder
     (the crops go to `cache_root`, default OUT/cache). With `submission` (a format of
     evaluate.submission) also OUT/submission_<format>.json of the dataset's test split (every case
-    without a split column), labeled or not; metrics are None when no case is labeled."""
+    without a split column), labeled or not; metrics are None when no case is labeled.
+    A dataset sharing studies or patients with the bundles' training data is refused
+    (DataOverlapError) unless `allow_overlap`; on the bundles' own dataset only the cases they
+    never saw are scored (evaluate.provenance.screen_evaluation)."""
     bundles = run_bundles(run)
     ds = open_dataset(dataset)
     out = Path(out) if out else Path(run) / f"evaluate_{ds.root.name}"
@@ -104,6 +110,12 @@ def evaluate_run(
     sub_ids = submission_cases(ds.cases, ds.root / "cases.csv") if submission else []
     if not ids and not sub_ids:
         raise DatasetError("no labeled case to evaluate on", ds.root / "cases.csv")
+    cache = Path(cache_root) if cache_root else out / "cache"
+    # file digests only: a dataset refused for overlap costs no preprocessing
+    content = dataset_content(ds, cache)
+    trained = [read_bundle_meta(b).get("data") for b in bundles]
+    screened = screen_evaluation(trained, content, ids, sub_ids, allow_overlap)
+    ids = screened.scored
     wanted = {*ids, *sub_ids}
     order = [c.case_id for c in ds.cases if c.case_id in wanted]  # predicted once, in dataset order
     probs_sum, meta0, lesion_sum = None, None, None
@@ -126,9 +138,10 @@ def evaluate_run(
         pre = PreprocessConfig.from_dict(
             meta.get("preprocessing") or {}, source=str(path / "bundle.json")
         )
+        content.keep_hashes(cache)  # preprocessing then reads no file the check hashed
         items = cached_items(
             ds,
-            Path(cache_root) if cache_root else out / "cache",
+            cache,
             pre,
             workers,
             progress,
@@ -167,6 +180,8 @@ def evaluate_run(
         "out": str(out),
         "bundles": [str(b) for b in bundles],
         "submission": str(written) if written else None,
+        "overlap": asdict(screened.overlap),
+        "note": screened.note,
     }
     if not ids:
         return result
@@ -181,12 +196,13 @@ def evaluate_run(
     title = f"{meta0['model']} on {ds.root.name}" + (
         f" (mean of {len(bundles)} fold bundles)" if len(bundles) > 1 else ""
     )
-    seg_pooled, sections = None, []
+    seg_pooled, sections = None, [screened.section]
     if lesion_sum is not None:
         lesion = [lesion_sum[row[c]] / len(bundles) for c in ids]
-        seg_pooled, sections = evaluate_segmentation(
+        seg_pooled, seg_sections = evaluate_segmentation(
             out, ds, [items[c] for c in ids], lesion, n_boot=n_boot
         )
+        sections = [*sections, *seg_sections]
     if written:
         sections = [*sections, f"## Submission\n\n`{written.name}`: {len(sub_ids)} cases.\n"]
     result["metrics"] = write_cv_report(

@@ -32,11 +32,13 @@ from liverphase.evaluate.cv import (
 )
 from liverphase.evaluate.metrics import classification_metrics
 from liverphase.evaluate.predictions import Predictions
+from liverphase.evaluate.provenance import run_data
 from liverphase.evaluate.report import format_ci
 from liverphase.evaluate.stats import bootstrap_many
 from liverphase.evaluate.submission import submission_filename, write_submission
 from liverphase.io.nifti import NnUNetDataset, open_dataset
 from liverphase.io.published_split import PublishedSplit, published_split
+from liverphase.train.distributed import in_turn, is_main, join_group, on_main
 
 UNLABELED_CSV = "predictions_unlabeled.csv"
 SUBMISSION = "lld-mmri"
@@ -187,6 +189,33 @@ def _score(
     return metrics, preds
 
 
+def _write_results(
+    out: Path,
+    ds: NnUNetDataset,
+    exp: Experiment,
+    items: dict[str, dict[str, Any]],
+    oof: OutOfFold,
+    split: PublishedSplit,
+    test: list[str],
+    seed: int,
+    n_boot: int,
+) -> tuple[dict[str, Any], Predictions, Path | None]:
+    """Unlabeled predictions, submission, scored report and metrics.json of an official split."""
+    _write_unlabeled(out / UNLABELED_CSV, ds, oof, split.unscored, exp.class_names)
+    submission, sub_text = _submission(out, ds, oof, test, exp.class_names)
+    metrics, preds = _score(
+        out, ds, exp, items, oof, split, [f"## Submission\n\n{sub_text}\n"], seed, n_boot
+    )
+    metrics.update(
+        splits="official",
+        n_test_cases=len(test),
+        n_unscored=len(split.unscored),
+        submission=str(submission) if submission else None,
+    )
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics, preds, submission
+
+
 def run_official(
     dataset: str | Path,
     out: str | Path,
@@ -208,36 +237,31 @@ def run_official(
     # the split is checked before any preprocessing: a bad column fails in a second
     split = published_split(ds.cases, usable, ds.root / "cases.csv")
     test = [c.case_id for c in ds.cases if c.case_id in {*split.test, *split.unscored}]
+    join_group(exp.train.batch_size)  # under torchrun, after the checks above
+    progress = progress and is_main()
     cache_dir = Path(cache_root) if cache_root else out / "cache"
-    items = cached_items(
-        ds, cache_dir, exp.preprocess, workers, progress, cases=[*split.train, *split.val, *test]
-    )
-    atomic_write_json(out / "splits.json", split.to_json())
+    cases = [*split.train, *split.val, *test]
+    items = in_turn(cached_items, ds, cache_dir, exp.preprocess, workers, progress, cases=cases)
+    on_main(atomic_write_json, out / "splits.json", split.to_json())
     fold = {"fold": 0, "kind": "official", "test": test, "validation": split.val}
     trainer = _fit_fold(
         exp, ds, items, split.train, out / "fold_0", fold, resume, progress, "official split"
     )
     oof = OutOfFold({}, {}, {})
     predict_fold(trainer, exp, items, test, 0, oof)
-    _write_unlabeled(out / UNLABELED_CSV, ds, oof, split.unscored, exp.class_names)
-    submission, sub_text = _submission(out, ds, oof, test, exp.class_names)
-    metrics, preds = _score(
-        out, ds, exp, items, oof, split, [f"## Submission\n\n{sub_text}\n"], seed, n_boot
+    # rank 0 writes the results; under torchrun the others receive them
+    metrics, preds, submission = on_main(
+        _write_results, out, ds, exp, items, oof, split, test, seed, n_boot
     )
-    metrics.update(
-        splits="official",
-        n_test_cases=len(test),
-        n_unscored=len(split.unscored),
-        submission=str(submission) if submission else None,
-    )
-    atomic_write_json(out / "metrics.json", metrics)
     run_info = {
         **run_record(exp, 1, seed),
+        # trained on train, epoch chosen on val: test is not training data (evaluate scores it)
+        **run_data(ds, cache_dir, [*split.train, *split.val]),
         "splits": "official",
         "cache": str(cache_dir.resolve()),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    atomic_write_json(out / "run.json", run_info)
+    on_main(atomic_write_json, out / "run.json", run_info)
     return {
         "metrics": metrics,
         "predictions": preds,

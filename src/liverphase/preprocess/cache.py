@@ -234,9 +234,11 @@ class PreprocessCache:
         mask: np.ndarray | None,
         meta: dict[str, Any],
     ) -> Path:
-        """Store an entry atomically (a temporary sibling folder renamed whole)."""
+        """Store an entry atomically (a temporary sibling folder renamed whole). Another process
+        storing the same key at once (a shared cache) is safe: the key names the content, so a
+        sound entry already in place is kept and ours dropped, and a damaged one replaced."""
         target = self.entry_dir(key)
-        with atomic_dir(target) as tmp:
+        with atomic_dir(target, keep=lambda _: self.problem(key) is None) as tmp:
             (tmp / _OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
             np.save(tmp / IMAGE, np.ascontiguousarray(image, dtype=np.float32))
             if mask is not None:
@@ -294,8 +296,9 @@ class PreprocessCache:
     def clean_temp(self, min_age_s: float = 3600.0) -> int:
         """Remove temporary folders left by killed runs; return how many were removed.
 
-        A folder whose owner process (same host) still runs is kept; one without an owner record
-        is removed only once older than `min_age_s` (it may be a writer that just started).
+        A folder whose owner process (same host) still runs is kept; one without an owner record,
+        or written from another host, is removed only once older than `min_age_s` (it may be a
+        writer that just started, or one on another machine filling the same shared cache).
         """
         if not self.root.is_dir():
             return 0
@@ -305,9 +308,11 @@ class PreprocessCache:
             if not (d.is_dir() and d.name.startswith(".")):
                 continue
             owner = _owner_of(d)
-            if owner is not None:
-                stale = owner[0] != host or not _alive(owner[1])
+            if owner is not None and owner[0] == host:
+                stale = not _alive(owner[1])
             else:
+                # no owner recorded, or another machine's writer (a shared cache) whose process
+                # cannot be checked from here: only an old folder is a dead writer's
                 stale = time.time() - d.stat().st_mtime > min_age_s
             if stale:
                 shutil.rmtree(d, ignore_errors=True)

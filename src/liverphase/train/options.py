@@ -89,7 +89,7 @@ def config_overrides(
 
 def experiment_kwargs(
     model: str,
-    profile: str,
+    profile: str | None,
     config: Path | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -100,9 +100,18 @@ def experiment_kwargs(
     no_register: bool = False,
     loss: str | None = None,
     label_fraction: float | None = None,
+    recipe: str | None = None,
 ) -> dict[str, Any]:
-    """Profile + YAML config + explicit flags (flags win) into make_experiment's keyword arguments."""
+    """Recipe + profile + YAML config + explicit flags (later wins) into make_experiment's keyword
+    arguments; `recipe` None is the model's default recipe, `profile` None the recipe's or cpu."""
+    from liverphase.train.recipes import get_recipe, recipe_kwargs
+
+    chosen = get_recipe(model, recipe)
+    base = recipe_kwargs(chosen)
     shared = config_overrides(config, option, no_register)
+    for key in ("model_options", "preprocess_overrides"):
+        shared[key] = {**base.pop(key), **shared[key]}
+    shared = {**base, **shared}
     flags = (
         ("epochs", epochs),
         ("batch_size", batch_size),
@@ -113,7 +122,7 @@ def experiment_kwargs(
     shared.update({k: v for k, v in flags if v is not None})
     return {
         "model": model,
-        "profile": profile,
+        "profile": profile or chosen.profile or "cpu",
         "phases": [p.strip() for p in phases.split(",")] if phases else None,
         "in_channels": in_channels,
         **shared,

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -30,7 +29,16 @@ from liverphase.models.tta import flip_average, lesion_probability
 from liverphase.ssl.bundle import init_record, load_encoder, read_encoder_meta, set_encoder_frozen
 from liverphase.train.bundle import save_bundle, state_tensors
 from liverphase.train.config import TrainConfig
-from liverphase.train.distributed import barrier, gather_objects, is_main, rank_world
+from liverphase.train.distributed import (
+    barrier,
+    gather_objects,
+    is_main,
+    on_main,
+    padded_share,
+    rank_world,
+    real_loss,
+    wrap_ddp,
+)
 from liverphase.train.logs import open_tensorboard, write_log_csv, write_scalars
 from liverphase.train.losses import training_loss
 from liverphase.train.recipe import (
@@ -124,7 +132,7 @@ class Trainer:
             self.model = model
             self.segments = bool(getattr(model, "segments", False))
             check_model_config(model, cfg, self.roi_channel, self.train_set.spatial_size())
-            net = self._wrap(model)
+            net = wrap_ddp(model, self.device)
             opt = build_optimizer(cfg, model)
             sched = build_scheduler(cfg, opt)
             scaler = (
@@ -194,14 +202,6 @@ class Trainer:
             meta = read_encoder_meta(init) if resumed else load_encoder(model, init)
             self.bundle_meta["init"] = init_record(init, meta)
 
-    def _wrap(self, model: MultiPhaseModel) -> torch.nn.Module:
-        if self.world == 1:
-            return model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # Ablation switches may leave parameters unused; the extra graph walk this costs is small
-        # next to 3D convolutions (static_graph=True, the cheaper route, trained wrongly here).
-        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
-
     def _fresh_state(self) -> dict[str, Any]:
         return {
             "epoch": 0,
@@ -233,10 +233,12 @@ class Trainer:
             disable=not (self.progress and is_main() and sys.stderr.isatty()),
             leave=False,
         )
-        for batch in bar:
+        for step, batch in enumerate(bar):
             x = batch["image"].to(self.device, non_blocking=True)
+            # DDP: the mean over this rank's real cases, weighted to its share of the global batch
+            keep, share = padded_share(len(self.train_set), cfg.batch_size, step, len(x))
             with self._autocast():
-                loss = self._loss(net(x, **self._kwargs(batch)), batch)
+                loss = real_loss(self._loss, net(x, **self._kwargs(batch)), batch, keep)
             if not torch.isfinite(loss.detach()):
                 raise ConfigError(
                     f"training diverged: loss {float(loss.detach())} in epoch {epoch + 1}; "
@@ -245,19 +247,19 @@ class Trainer:
                 )
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
-                scaler.scale(loss).backward()
+                scaler.scale(loss * share).backward()
                 scaler.unscale_(opt)
                 self._clip(net)
                 scaler.step(opt)
                 scaler.update()
             else:
-                loss.backward()
+                (loss * share).backward()
                 self._clip(net)
                 opt.step()
-            total += float(loss.detach()) * len(x)
-            seen += len(x)
+            total += float(loss.detach()) * len(keep)
+            seen += len(keep)
             bar.set_postfix(
-                loss=f"{total / seen:.4f}",
+                loss=f"{total / max(seen, 1):.4f}",  # a rank may hold only repeats so far
                 samples_s=f"{seen * self.world / (time.perf_counter() - start):.1f}",
             )
         sums = gather_objects((total, seen))
@@ -404,10 +406,11 @@ class Trainer:
         return improved
 
     def _write(self, st, model, opt, sched, scaler, improved, writer, record) -> None:  # noqa: ANN001
-        """Checkpoint, then bundle, log.csv and TensorBoard; rank 0 writes, all ranks wait."""
+        """Checkpoint, then bundle, log.csv and TensorBoard; rank 0 writes, and every rank learns
+        whether it could (a full disk stops each rank with its one line, none waits forever)."""
         rngs = gather_objects(capture_rng())
-        barrier()
-        if is_main():
+
+        def files() -> None:
             save_state(
                 self.checkpoint_dir,
                 {
@@ -425,7 +428,8 @@ class Trainer:
             write_log_csv(self.out_dir / "log.csv", st["history"])
             if writer is not None:
                 write_scalars(writer, record)
-        barrier()
+
+        on_main(files)
 
     def _save_bundle(self, model: MultiPhaseModel, st: dict[str, Any]) -> None:
         best = st["history"][st["best_epoch"] - 1]

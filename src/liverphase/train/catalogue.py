@@ -12,6 +12,7 @@ from liverphase.models.registry import (
     model_defaults,
     model_info,
 )
+from liverphase.train.recipes import default_recipe, get_recipe, recipe_names
 
 # a build with two classes and two phases only counts parameters (the heads grow with classes)
 _PROBE_PHASES = ("A", "B")
@@ -33,16 +34,23 @@ def model_catalogue(names: list[str] | None = None) -> list[dict[str, Any]]:
                 "min_phases": int(getattr(model, "min_phases", 1)),
                 "missing_phases": accepts_phase_mask(model),
                 "options": options,
+                "recipes": recipe_names(name),
+                "default_recipe": default_recipe(name),
             }
         )
     return rows
 
 
+def _recipes(row: dict[str, Any]) -> str:
+    return ", ".join(n + ("*" if n == row["default_recipe"] else "") for n in row["recipes"])
+
+
 def format_catalogue(rows: list[dict[str, Any]]) -> str:
     """The catalogue as a markdown table plus the rule it states."""
     lines = [
-        "| model | params (M) | lesion input | phases / sequences | a missing one | description |",
-        "|---|---|---|---|---|---|",
+        "| model | params (M) | lesion input | phases / sequences | a missing one | recipes "
+        "(* default) | description |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -50,8 +58,12 @@ def format_catalogue(rows: list[dict[str, Any]]) -> str:
             f"{'mask (segments it)' if r['needs_mask'] else 'mask or box'} | "
             f"any number ≥ {r['min_phases']} | "
             f"{'predicted without it' if r['missing_phases'] else 'refused at predict'} | "
-            f"{r['description']} |"
+            f"{_recipes(r)} | {r['description']} |"
         )
+    for r in rows:
+        for name in r["recipes"][1:]:
+            recipe = get_recipe(r["model"], name)
+            lines.append(f"- {r['model']} `--recipe {name}`: {recipe.summary}. {recipe.evidence}.")
     lines.append(
         "Any number of classes. Options: `liverphase models --options`; time and memory: "
         "`liverphase models --measure`."

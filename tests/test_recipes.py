@@ -1,0 +1,64 @@
+"""Named recipes: what each model runs by default, precedence (recipe < YAML < flags), the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from liverphase.cli import app
+from liverphase.errors import ConfigError
+from liverphase.inference.demo_settings import DEMO_MODEL, DEMO_RECIPE
+from liverphase.train.options import experiment_kwargs
+from liverphase.train.recipes import DEFAULTS, RECIPES, default_recipe, get_recipe
+
+RUNNER = CliRunner()
+
+
+def test_only_dev_checked_recipes_are_defaults():
+    assert default_recipe("unet_channels") == "region-radial"
+    # chosen on test folds (issue #35): offered by name, not run by default
+    assert default_recipe("std_net") == default_recipe("miff_spm") == "default"
+    for model, name in DEFAULTS.items():
+        assert "development cohort" in RECIPES[model][name].evidence
+    assert DEMO_RECIPE["model_options"] == get_recipe(DEMO_MODEL, None).model_options
+
+
+def test_recipe_then_yaml_then_flags(tmp_path: Path):
+    plain = experiment_kwargs("unet_channels", None, recipe="default")
+    assert plain["model_options"] == {} and "head_lr_scale" not in plain
+    kw = experiment_kwargs("unet_channels", None)
+    assert kw["model_options"]["region_reading"] == "radial" and kw["head_lr_scale"] == 100.0
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: {head_lr_scale: 10}\nmodel_options: {region_reading: shells}\n")
+    kw = experiment_kwargs("unet_channels", None, cfg, epochs=3, option=["dropout=0.1"])
+    assert kw["head_lr_scale"] == 10 and kw["epochs"] == 3
+    assert kw["model_options"] == {
+        "region_kinetics": True,
+        "deep_features": False,
+        "region_reading": "shells",
+        "dropout": 0.1,
+    }
+    assert experiment_kwargs("std_net", None, recipe="paper")["profile"] == "paper"
+    assert experiment_kwargs("std_net", "cpu", recipe="paper")["profile"] == "cpu"
+    assert experiment_kwargs("std_net", None)["profile"] == "cpu"
+
+
+def test_unknown_recipe_is_one_line_naming_the_ones_there_are(tmp_path: Path):
+    with pytest.raises(ConfigError, match="has no recipe 'fast'; it has default, region, paper"):
+        get_recipe("miff_spm", "fast")
+    res = RUNNER.invoke(
+        app, ["cv", str(tmp_path), "--out", str(tmp_path / "r"), "--recipe", "fast"]
+    )
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert len([ln for ln in res.output.splitlines() if ln.startswith("error:")]) == 1
+
+
+def test_models_lists_recipes_with_the_default_marked():
+    res = RUNNER.invoke(app, ["models", "--names", "unet_channels,std_net"])
+    assert res.exit_code == 0, res.output
+    rows = {ln.split("|")[1].strip(): ln for ln in res.output.splitlines() if ln.startswith("|")}
+    assert "default, region-radial*" in rows["unet_channels"]
+    assert "default*, region-radial, paper" in rows["std_net"]
+    assert "std_net `--recipe region-radial`" in res.output and "test folds" in res.output
