@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from liverphase.cli import app
 from liverphase.errors import ConfigError
 from liverphase.inference.demo_settings import DEMO_MODEL, DEMO_RECIPE
+from liverphase.recipes import DEFAULTS, RECIPES, default_recipe, get_recipe
 from liverphase.train.options import experiment_kwargs
-from liverphase.train.recipes import DEFAULTS, RECIPES, default_recipe, get_recipe
 
 RUNNER = CliRunner()
 

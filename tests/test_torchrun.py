@@ -344,3 +344,16 @@ def test_shared_outcomes_in_a_gloo_group(tmp_path: Path) -> None:
     assert [s["ConfigError"] for s in seen] == [["user", "field: bad value"]] * 2
     assert seen[0]["RuntimeError"] == ["bug", "bad value"]
     assert seen[1]["RuntimeError"] == ["bug", "rank 0 failed: RuntimeError: bad value"]
+
+
+def test_commands_that_do_not_join_a_group_refuse_torchrun(tmp_path, monkeypatch):
+    """Under torchrun (WORLD_SIZE > 1) only train and cv run; the rest say so in one line."""
+    from typer.testing import CliRunner
+
+    from liverphase.cli import app
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for args in (["evaluate", str(tmp_path), "--data", str(tmp_path)], ["models"]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and "does not run under torchrun" in res.output, res.output
+        assert len([ln for ln in res.output.splitlines() if ln.startswith("error:")]) == 1

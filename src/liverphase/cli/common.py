@@ -30,6 +30,15 @@ def user_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not getattr(fn, "torchrun", False):
+            # N copies of a command that does not join a process group would write the same
+            # outputs N times over
+            typer.echo(
+                f"error: {fn.__name__.replace('_dataset', '')} does not run under torchrun "
+                "(only train and cv do): run it as one process",
+                err=True,
+            )
+            raise typer.Exit(2)
         try:
             return fn(*args, **kwargs)
         except LiverphaseError as exc:
@@ -62,6 +71,7 @@ def torchrun_aware(fn: F) -> F:
                 stack.enter_context(contextlib.redirect_stdout(devnull))
             return fn(*args, **kwargs)
 
+    wrapper.torchrun = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
 
 

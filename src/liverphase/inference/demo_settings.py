@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from liverphase.train.recipes import get_recipe, recipe_kwargs
+from liverphase.recipes import get_recipe, recipe_kwargs
 
 DEMO_CASES = 120
 DEMO_FOLDS = 3

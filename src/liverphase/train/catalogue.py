@@ -1,9 +1,11 @@
-"""What each registered model can take, at a glance (`liverphase models`): no profiling, one small
-build per model for its parameter count."""
+"""What each registered model can take, at a glance (`liverphase models`): no profiling; each model
+is built on the meta device (shapes, no weights) for its parameter count."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import torch
 
 from liverphase.models.registry import (
     accepts_phase_mask,
@@ -12,7 +14,7 @@ from liverphase.models.registry import (
     model_defaults,
     model_info,
 )
-from liverphase.train.recipes import default_recipe, get_recipe, recipe_names
+from liverphase.recipes import default_recipe, get_recipe, recipe_names
 
 # a build with two classes and two phases only counts parameters (the heads grow with classes)
 _PROBE_PHASES = ("A", "B")
@@ -24,7 +26,8 @@ def model_catalogue(names: list[str] | None = None) -> list[dict[str, Any]]:
     for name in names or list_models():
         info = model_info(name)
         options = model_defaults(name)
-        model = create_model(name, num_classes=2, phases=_PROBE_PHASES)
+        with torch.device("meta"):  # shapes only: no weights allocated or initialised
+            model = create_model(name, num_classes=2, phases=_PROBE_PHASES)
         rows.append(
             {
                 "model": name,

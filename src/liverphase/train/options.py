@@ -104,7 +104,7 @@ def experiment_kwargs(
 ) -> dict[str, Any]:
     """Recipe + profile + YAML config + explicit flags (later wins) into make_experiment's keyword
     arguments; `recipe` None is the model's default recipe, `profile` None the recipe's or cpu."""
-    from liverphase.train.recipes import get_recipe, recipe_kwargs
+    from liverphase.recipes import get_recipe, recipe_kwargs
 
     chosen = get_recipe(model, recipe)
     base = recipe_kwargs(chosen)
