@@ -15,6 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from _cli_support import one_line_error
 from _predict_support import make_bundle
 from liverphase.cli import app
 from liverphase.data.splits import patient_folds
@@ -39,19 +40,6 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ds(work: Path, tmp_path: Path) -> Path:
     """A private copy of the cohort, for a test to damage."""
     return Path(shutil.copytree(work / "ds", tmp_path / "ds"))
-
-
-def one_line_error(args: list[object], *expected: str) -> str:
-    """Run the CLI; it must exit 2 with a single `error:` line holding `expected`, no traceback."""
-    result = RUNNER.invoke(app, [str(a) for a in args])
-    out = result.output
-    assert result.exit_code == 2, f"{args}: exit {result.exit_code}\n{out}\n{result.exception!r}"
-    assert "Traceback" not in out, out
-    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, out
-    for text in expected:
-        assert text in errors[0], errors[0]
-    return errors[0]
 
 
 def inspect_problems(path: Path) -> list[str]:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from _cli_support import one_line_error
 from conftest import blob_study
 from liverphase.cli import app
 from liverphase.errors import DatasetError
@@ -59,17 +60,6 @@ def set_column(root: Path, values: dict[str, str], **labels: str) -> None:
 def invoke(args: list[object]):  # noqa: ANN201
     """Run the CLI with string arguments."""
     return RUNNER.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(args: list[object], expected: str) -> str:
-    """The CLI must exit 2 with one `error:` line holding `expected` and no traceback."""
-    result = invoke(args)
-    out = result.output
-    assert result.exit_code == 2, f"exit {result.exit_code}\n{out}\n{result.exception!r}"
-    assert "Traceback" not in out, out
-    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and expected in errors[0], out
-    return errors[0]
 
 
 def read_csv_rows(path: Path) -> list[dict[str, str]]:

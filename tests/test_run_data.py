@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from _cli_support import one_line_error
 from liverphase.cli import app
 from liverphase.evaluate.ablate_runs import plan_runs
 from liverphase.evaluate.cv import run_cv
@@ -48,19 +49,6 @@ def ok(args: list[object]) -> str:
     result = invoke(args)
     assert result.exit_code == 0, f"{args}: {result.output}\n{result.exception!r}"
     return result.output
-
-
-def one_line_error(args: list[object], *expected: str) -> str:
-    """The CLI must exit 2 with one `error:` line holding every `expected`, no traceback."""
-    result = invoke(args)
-    out = result.output
-    assert result.exit_code == 2, f"exit {result.exit_code}\n{out}\n{result.exception!r}"
-    assert "Traceback" not in out, out
-    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, out
-    for text in expected:
-        assert text in errors[0], errors[0]
-    return errors[0]
 
 
 def brighten(image: Path) -> None:

@@ -33,16 +33,7 @@ def read_csv(path: Path, summary: ImportSummary) -> list[dict[str, str]]:
     """Rows of a CSV as dicts (header and values stripped); a leading BOM is a named warning."""
     if not path.is_file():
         raise InputFileError("CSV not found", path)
-    data = path.read_bytes()
-    if data.startswith(_BOM):
-        # Excel writes one; left in, it glues itself to the first column's name ("\ufeffPatient ID")
-        summary.warn(
-            "csv_bom",
-            "a CSV starts with a UTF-8 byte-order mark; it was skipped",
-            path.name,
-            "file",
-        )
-        data = data[len(_BOM) :]
+    data = drop_bom(path.read_bytes(), path.name, summary)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -54,6 +45,20 @@ def read_csv(path: Path, summary: ImportSummary) -> list[dict[str, str]]:
     if reader.fieldnames is None:
         raise DatasetError("CSV is empty", path)
     return rows
+
+
+def drop_bom(data: bytes, name: str, summary: ImportSummary) -> bytes:
+    """A published text file's bytes without a leading UTF-8 byte-order mark (a named warning)."""
+    if not data.startswith(_BOM):
+        return data
+    # Excel writes one; left in, it glues itself to the first column's name ("\ufeffPatient ID")
+    summary.warn(
+        "csv_bom",
+        "a CSV or label file starts with a UTF-8 byte-order mark; it was skipped",
+        name,
+        "file",
+    )
+    return data[len(_BOM) :]
 
 
 def require_columns(rows: list[dict[str, str]], columns: Sequence[str], path: Path) -> None:

@@ -21,6 +21,7 @@ from liverphase.errors import DatasetError, InputFileError, LiverphaseError
 from liverphase.io.cases_csv import CaseRecord
 from liverphase.io.importers.common import (
     DatasetBuilder,
+    drop_bom,
     find_root,
     progress_iter,
     sorted_ids,
@@ -68,12 +69,7 @@ def _read_annotation(path: Path, summary: ImportSummary) -> dict[str, list[dict[
 
 def _read_id_list(path: Path, summary: ImportSummary) -> dict[str, int]:
     """`MR207602 0` rows (space separated; a BOM is a named warning) → {case id: label}."""
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        summary.warn(
-            "csv_bom", "a label file starts with a byte-order mark; skipped", path.name, "file"
-        )
-        data = data[3:]
+    data = drop_bom(path.read_bytes(), path.name, summary)
     out: dict[str, int] = {}
     for line in data.decode("utf-8", errors="replace").splitlines():
         parts = line.split()
