@@ -241,7 +241,7 @@ def test_compare_runs_on_same_folds_with_delong_and_kinetics(
     )
     rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     by_model = {r["model"]: r for r in rows}
-    assert set(by_model) == {"resnet2d_avg", "early_fusion", "kinetics (logistic regression)"}
+    assert set(by_model) == {"resnet2d_avg", "early_fusion", "kinetics regression (true mask)"}
     assert by_model["resnet2d_avg"]["delong_p"] is None
     assert 0.0 <= by_model["early_fusion"]["delong_p"] <= 1.0
     assert by_model["early_fusion"]["params"] > 0 and by_model["early_fusion"]["step_s"] > 0
@@ -250,14 +250,21 @@ def test_compare_runs_on_same_folds_with_delong_and_kinetics(
         by_model["early_fusion"]["step_timed_s"] > 0
         and by_model["resnet2d_avg"]["step_timed_s"] > 0
     )
-    assert by_model["kinetics (logistic regression)"]["step_timed_s"] is None
+    assert by_model["kinetics regression (true mask)"]["step_timed_s"] is None
     epochs = [r for f in other.glob("fold_*/log.csv") for r in csv.DictReader(open(f, newline=""))]
     assert len(epochs) == 2 and by_model["early_fusion"]["train_s"] == pytest.approx(
         sum(float(r["seconds"]) for r in epochs)
     )
     assert "Step s (timed)" in out and "Step s (logs)" in out
-    assert len(by_model["kinetics (logistic regression)"]["auc_ci"]) == 2
+    assert len(by_model["kinetics regression (true mask)"]["auc_ci"]) == 2
     assert "DeLong p" in out
+    # the footnote names the test: clustered by patient when the cohort has follow-up studies
+    from liverphase.evaluate.stats import auc_test_name
+
+    with open(cv_run / "predictions.csv", newline="") as fh:
+        patients = [r["patient_id"] for r in csv.DictReader(fh)]
+    assert by_model["early_fusion"]["delong_method"] == auc_test_name(patients)
+    assert auc_test_name(patients) in (tmp_path / "cmp" / "comparison.md").read_text()
     # a run cached elsewhere (--cache) records where: compare finds it without being told
     assert json.loads((other / "run.json").read_text())["cache"] == str(
         (cv_run / "cache").resolve()
@@ -377,6 +384,8 @@ def test_cv_of_a_segmenting_model_writes_per_case_dice_and_compare_tests_it(
                 str(cohort),
                 "--model",
                 "std_net",
+                "--recipe",  # the plain network: this test is about the segmentation outputs
+                "default",
                 "--folds",
                 "2",
                 "--epochs",
@@ -434,7 +443,7 @@ def test_cv_of_a_segmenting_model_writes_per_case_dice_and_compare_tests_it(
     )
     assert 0.0 <= second["study_dice_p"] <= 1.0
     assert "Dice, study grid (95% CI)" in (out_dir / "comparison.md").read_text()
-    assert rows["kinetics (logistic regression)"].get("dice") is None
+    assert rows["kinetics regression (true mask)"].get("dice") is None
     assert "Dice (95% CI)" in (out_dir / "comparison.md").read_text()
     _check_missing_phases(runs["transformer"], runs["mean"], cohort, tmp_path)
     # evaluate: the fold bundles' mean lesion probability, thresholded, scored per case

@@ -16,12 +16,15 @@ from liverphase.train.options import experiment_kwargs
 RUNNER = CliRunner()
 
 
-def test_only_dev_checked_recipes_are_defaults():
-    assert default_recipe("unet_channels") == "region-radial"
-    # chosen on test folds (issue #35): offered by name, not run by default
-    assert default_recipe("std_net") == default_recipe("miff_spm") == "default"
+def test_defaults_are_the_benchmarked_recipes_with_their_cohorts_stated():
+    assert default_recipe("unet_channels") == default_recipe("std_net") == "region-radial"
+    assert default_recipe("miff_spm") == "region"
+    assert default_recipe("resnet3d18") == "default"
     for model, name in DEFAULTS.items():
-        assert "development cohort" in RECIPES[model][name].evidence
+        evidence = RECIPES[model][name].evidence
+        # where the choice was made and where it was reported, never one cohort for both
+        assert "development cohort" in evidence and "seed 101" in evidence, model
+    assert get_recipe("miff_spm", None).train == {"head_lr_scale": 100.0, "epochs": 12}
     assert DEMO_RECIPE["model_options"] == get_recipe(DEMO_MODEL, None).model_options
 
 
@@ -60,5 +63,5 @@ def test_models_lists_recipes_with_the_default_marked():
     assert res.exit_code == 0, res.output
     rows = {ln.split("|")[1].strip(): ln for ln in res.output.splitlines() if ln.startswith("|")}
     assert "default, region-radial*" in rows["unet_channels"]
-    assert "default*, region-radial, paper" in rows["std_net"]
-    assert "std_net `--recipe region-radial`" in res.output and "test folds" in res.output
+    assert "default, region-radial*, paper" in rows["std_net"]
+    assert "std_net `--recipe region-radial`" in res.output and "seed 31415" in res.output

@@ -14,6 +14,7 @@ from liverphase.evaluate.plots import plot_calibration, plot_confusion, plot_roc
 from liverphase.evaluate.predictions import Predictions, read_predictions, write_predictions
 from liverphase.evaluate.report import (
     COMPARISON_COLUMNS,
+    comparison_note,
     comparison_table,
     format_ci,
     format_p,
@@ -21,7 +22,7 @@ from liverphase.evaluate.report import (
     metrics_block,
     write_cv_report,
 )
-from liverphase.evaluate.stats import bootstrap_roc_band, delong_test
+from liverphase.evaluate.stats import bootstrap_roc_band, clustered_delong_test, delong_test
 
 NAMES = ["HCC", "ICC"]
 
@@ -186,8 +187,17 @@ def test_comparison_table(oof):
     rows = comparison_table(models, oof.labels, oof.patient_ids, "full", NAMES, n_boot=200)
     assert [r["model"] for r in rows] == ["full", "ablated"]
     assert rows[0]["delong_p"] is None and rows[0]["delta_auc"] is None
-    auc1, auc2, z, p = delong_test(oof.labels, worse, oof.probs[:, 1])
+    # 40 patients × 2 studies: the clustered test, not DeLong's (which would count 80 patients)
+    auc1, auc2, z, p = clustered_delong_test(oof.labels, worse, oof.probs[:, 1], oof.patient_ids)
     assert rows[1]["delong_p"] == pytest.approx(p) and rows[1]["delong_z"] == pytest.approx(z)
+    assert delong_test(oof.labels, worse, oof.probs[:, 1])[3] != pytest.approx(p)
+    method = "clustered DeLong (Obuchowski 1997), 40 patients / 80 studies"
+    assert rows[0]["delong_method"] is None and rows[1]["delong_method"] == method
+    assert method in comparison_note(rows) and "bootstrap over patients" in comparison_note(rows)
+    # one study per patient: plain DeLong, named so
+    one = comparison_table(models, oof.labels, oof.case_ids, "full", NAMES, n_boot=0)
+    assert one[1]["delong_p"] == pytest.approx(delong_test(oof.labels, worse, oof.probs[:, 1])[3])
+    assert one[1]["delong_method"] == "DeLong" and "DeLong's test" in comparison_note(one)
     assert rows[1]["delta_auc"] == pytest.approx(auc1 - auc2) and rows[1]["auc"] == pytest.approx(
         auc1
     )

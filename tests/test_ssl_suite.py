@@ -14,7 +14,7 @@ from liverphase.cli import app
 from liverphase.evaluate.ablate_runs import variant_key
 from liverphase.evaluate.compare import oof_probs
 from liverphase.evaluate.ssl_suite import delong_against, ssl_variants
-from liverphase.evaluate.stats import delong_test
+from liverphase.evaluate.stats import auc_test, auc_test_name
 from liverphase.synth.mri_dce import synth_dce_cohort
 
 RUNNER = CliRunner()
@@ -87,7 +87,8 @@ def test_fine_tuned_runs_start_from_their_bundle_and_site_b_is_unseen(
 
 
 def test_delong_p_is_the_direct_computation(suite: dict[str, Path]) -> None:
-    """The table's site-A p equals DeLong's test on the two runs' out-of-fold probabilities."""
+    """The table's site-A p equals DeLong's test on the two runs' out-of-fold probabilities,
+    clustered by patient when a patient has several studies, and the report names that test."""
     result = json.loads((suite["run"] / "ssl.json").read_text())
     rows = {(r["init"], r["fraction"]): r for r in result["rows"]}
     run = suite["run"] / "runs" / rows[("mae", 0.5)]["run"]
@@ -96,10 +97,14 @@ def test_delong_p_is_the_direct_computation(suite: dict[str, Path]) -> None:
     ref_ids, ref_probs = oof_probs(ref)
     order = [ref_ids.index(c) for c in ids]
     with open(run / "predictions.csv", newline="") as fh:
-        y = np.array([r["label"] == "proliferative" for r in csv.DictReader(fh)], dtype=int)
-    expected = delong_test(y, probs[:, 1], ref_probs[order, 1])[3]
+        table = list(csv.DictReader(fh))
+    y = np.array([r["label"] == "proliferative" for r in table], dtype=int)
+    patients = [r["patient_id"] for r in table]
+    expected = auc_test(y, probs[:, 1], ref_probs[order, 1], patients)[3]
     assert rows[("mae", 0.5)]["p_a"] == pytest.approx(expected)
     assert delong_against(run, ref, "proliferative") == pytest.approx(expected)
+    assert rows[("mae", 0.5)]["p_a_test"] == auc_test_name(patients)
+    assert f"site A: {auc_test_name(patients)}" in (suite["run"] / "report.md").read_text()
 
 
 def test_a_second_sitting_reuses_everything(suite: dict[str, Path]) -> None:

@@ -43,15 +43,10 @@ def default_input_shapes(quick: bool = False) -> dict[str, tuple[int, ...]]:
 
 def chosen_models(names: str | None) -> list[str]:
     """`--names a,b` as registered model names (all when None); an unknown name is a ConfigError."""
-    from liverphase.errors import ConfigError
+    from liverphase.catalogue import chosen_names
     from liverphase.models import list_models
 
-    registered = list_models()
-    chosen = [n.strip() for n in names.split(",")] if names else registered
-    unknown = [n for n in chosen if n not in registered]
-    if unknown:
-        raise ConfigError(f"unknown model(s) {unknown}; registered: {registered}", "--names")
-    return chosen
+    return chosen_names(names, list_models())
 
 
 def models_report(

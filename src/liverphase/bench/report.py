@@ -64,12 +64,13 @@ def evaluate_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         "",
         float(acc.get("auc_floor", 0.85)),
         False,
-        f"{small}{acc_row['model'] if acc_row else '?'}, {acc.get('cases')} realistic cases, "
+        f"{small}{acc_row['model'] if acc_row else '?'}, {acc.get('cases')} "
+        f"{acc.get('difficulty', 'realistic')} cases, "
         f"{acc.get('folds')} folds; also needs the CI's lower bound above "
         f"{acc.get('ci_lower_floor', 0.7):g} (CI {acc_row['auc_ci'] if acc_row else '?'})",
     )
     learned["met"] = bool(acc_row and acc_row.get("learns"))
-    return [
+    targets = [
         _target(
             "predict one realistic 4-phase study end to end",
             e2e,
@@ -105,6 +106,8 @@ def evaluate_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         ),
         learned,
     ]
+    sections = ("pipeline", "dataload", "models", "models", "accuracy")
+    return [{**t, "section": name} for t, name in zip(targets, sections, strict=True)]
 
 
 # ---- markdown ---------------------------------------------------------------------------------

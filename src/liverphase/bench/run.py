@@ -14,7 +14,7 @@ import math
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from liverphase.bench.dataload import run_dataload
 from liverphase.bench.models import default_input_shapes, profile_models
 from liverphase.bench.pipeline import run_pipeline
 from liverphase.bench.report import evaluate_targets, format_markdown
+from liverphase.errors import ConfigError
 from liverphase.models.registry import list_models
 
 REPEATS = 3
@@ -74,12 +75,28 @@ def _write(out: Path, result: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def run_bench(out: Path, quick: bool = False, log: Callable[[str], object] = print) -> dict:
-    """Run every measurement; write OUT/bench.json and OUT/bench.md; return bench.json's content."""
+SECTIONS = ("ceiling", "models", "pipeline", "dataload", "accuracy")
+
+
+def run_bench(
+    out: Path,
+    quick: bool = False,
+    log: Callable[[str], object] = print,
+    only: Sequence[str] | None = None,
+) -> dict:
+    """Run every measurement (or the sections in `only`); write OUT/bench.json and OUT/bench.md;
+    return bench.json's content. The targets of sections not run are left out."""
+    unknown = sorted(set(only or ()) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown section(s) {unknown}; the sections are {', '.join(SECTIONS)}", "--sections"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     result: dict[str, Any] = {"quick": quick, "machine": machine_info(), "section_seconds": {}}
+    if only:
+        result["sections"] = [name for name in SECTIONS if name in only]
     log(
         f"bench{' --quick' if quick else ''}: {result['machine']['cpu']}, "
         f"{result['machine']['threads']} threads"
@@ -95,6 +112,8 @@ def run_bench(out: Path, quick: bool = False, log: Callable[[str], object] = pri
             ("accuracy", lambda: run_accuracy(work / "accuracy", quick, log=log)),
         ]
         for name, measure in sections:
+            if only and name not in only:
+                continue
             log(f"{name} ...")
             tick = time.perf_counter()
             try:
@@ -109,7 +128,10 @@ def run_bench(out: Path, quick: bool = False, log: Callable[[str], object] = pri
     for key in ("dataset", "cache"):  # working paths, gone with the temporary folder
         (result.get("pipeline") or {}).pop(key, None)
     result["machine"]["load_average_end"] = load_average()
-    result["targets"] = evaluate_targets(plain(result))
+    # a partial run judges the targets of the sections it ran, and says which it left out
+    result["targets"] = [
+        t for t in evaluate_targets(plain(result)) if not only or t["section"] in only
+    ]
     result["seconds"] = time.perf_counter() - start
     data = _write(out, result)
     for t in data["targets"]:

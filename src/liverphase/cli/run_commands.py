@@ -32,20 +32,31 @@ def models(
     out: Path | None = typer.Option(
         None, help="Also save the rows as JSON and the table as markdown here."
     ),
+    live: bool = typer.Option(
+        False,
+        "--live",
+        help="Build the list from the registry (imports torch) instead of the file.",
+    ),
 ) -> None:
     """Registered models and what each takes; --measure profiles them (time, memory, batch 2)."""
+    if not measure:
+        # the shipped static catalogue: no torch import, so the list comes at once
+        from liverphase.catalogue import format_catalogue, format_options, static_catalogue
+
+        if live:
+            from liverphase.bench.models import chosen_models
+            from liverphase.train.catalogue import model_catalogue
+
+            rows = model_catalogue(chosen_models(names))
+        else:
+            rows = static_catalogue(names)
+        typer.echo(format_catalogue(rows))
+        for line in format_options(rows) if show_options else []:
+            typer.echo(line)
+        return
     from liverphase.atomic import atomic_write_json, atomic_write_text
     from liverphase.bench.models import models_report
 
-    if not measure:
-        from liverphase.bench.models import chosen_models
-        from liverphase.train.catalogue import format_catalogue, model_catalogue
-
-        rows = model_catalogue(chosen_models(names))
-        typer.echo(format_catalogue(rows))
-        for r in rows if show_options else []:
-            typer.echo(f"{r['model']}: " + ", ".join(f"{k}={v}" for k, v in r["options"].items()))
-        return
     lines, rows, table = models_report(names, quick, memory_options, repeats)
     for line in [*lines, table]:
         typer.echo(line)
@@ -144,9 +155,15 @@ def demo(
 def bench(
     quick: bool = typer.Option(False, help="Tiny inputs; finishes in about a minute."),
     out: Path = typer.Option(Path("bench_results"), help="Folder for bench.json and bench.md."),
+    sections: str | None = typer.Option(
+        None,
+        help="Comma-separated sections to run (ceiling, models, pipeline, dataload, accuracy); "
+        "the targets of the others are left out. Default: all.",
+    ),
 ) -> None:
     """Speed, memory and accuracy side by side in one run: writes OUT/bench.json and OUT/bench.md."""
     from liverphase.bench.run import run_bench
 
-    run_bench(out, quick=quick, log=typer.echo)
+    only = [s.strip() for s in sections.split(",") if s.strip()] if sections else None
+    run_bench(out, quick=quick, log=typer.echo, only=only)
     typer.echo(f"wrote {out / 'bench.md'}")

@@ -389,7 +389,8 @@ def compare(
     data: Path = typer.Option(..., "--data", help="The dataset the runs were trained on."),
     out: Path = typer.Option(..., "--out", help="Folder for comparison.md and comparison.json."),
     kinetics: bool = typer.Option(
-        True, help="Add the kinetics logistic-regression baseline on the same folds."
+        True,
+        help="Add the kinetics regression baseline (reads the true lesion mask) on the same folds.",
     ),
     cache: Path | None = typer.Option(
         None,

@@ -17,7 +17,8 @@ Suite `std_net` (STD-Net, joint segmentation and characterisation):
 Runs live in RUN/runs: a finished run whose run.json holds a variant's settings is reused, and a run
 killed midway (its folder keeps variant.json and the folds' checkpoints) is continued by the next call.
 Every row has AUC, accuracy and F1 with patient-bootstrap CIs and DeLong's p against the suite's full
-model; models that segment add Dice, HD95 and surface Dice with CIs and a paired p on Dice.
+model (Obuchowski's clustered test when a patient has several studies, named under each table); the
+kinetics baseline's row is `KINETICS` (it reads the true lesion mask); models that segment add Dice, HD95 and surface Dice with CIs and a paired p on Dice.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from liverphase.evaluate.compare import (
     table_columns,
 )
 from liverphase.evaluate.missing_phase import missing_phase_run
-from liverphase.evaluate.report import markdown_table
+from liverphase.evaluate.report import comparison_note, markdown_table
 from liverphase.evaluate.ssl_suite import run_ssl_ablation
 from liverphase.evaluate.staging_suite import run_staging_suite, staging_tables
 from liverphase.io.nifti import open_dataset
@@ -324,6 +325,7 @@ def run_ablate(
         sections.append(
             f"## {title}\n\nReference for DeLong: {reference}.\n\n"
             + markdown_table(rows, table_columns(rows))
+            + f"\n{comparison_note(rows)}"
         )
         results[title] = rows
     shared_text = _shared_text(shared, options)
@@ -333,7 +335,9 @@ def run_ablate(
         f"folds (seed {seed}), profile `{profile}`"
         + (f", {epochs} epochs" if epochs else "")
         + ". "
-        "AUC/accuracy/F1 with 95% CIs by bootstrap over patients; DeLong p against the full model"
+        "AUC/accuracy/F1 with 95% CIs by bootstrap over patients; DeLong p against the full model "
+        "(clustered by patient when a patient has several studies; the test is named under each "
+        "table)"
         + (
             "; Dice, HD95 and surface Dice (2 mm) per case with patient-bootstrap CIs, Dice p a "
             "paired patient bootstrap of the per-case Dice difference against the full model; "

@@ -1,4 +1,9 @@
-"""Compare finished cv runs on the same cases and folds: AUC with CIs and DeLong p against a reference."""
+"""Compare finished cv runs on the same cases and folds: AUC with CIs and DeLong p against a reference.
+
+The kinetics baseline's row is `KINETICS` ("kinetics regression (true mask)": it reads the lesion
+through the true mask). DeLong p is Obuchowski's clustered test when a patient has several studies;
+the table's footnote (`comparison_note`) names the test.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,14 @@ from liverphase.atomic import atomic_write_json, atomic_write_text
 from liverphase.data.splits import splits_from_json
 from liverphase.errors import ConfigError, DatasetError
 from liverphase.evaluate.cv import cached_items
-from liverphase.evaluate.kinetics_baseline import kinetics_baseline_cv
+from liverphase.evaluate.kinetics_baseline import KINETICS_LABEL, kinetics_baseline_cv
 from liverphase.evaluate.provenance import check_runs_data
-from liverphase.evaluate.report import COMPARISON_COLUMNS, comparison_table, markdown_table
+from liverphase.evaluate.report import (
+    COMPARISON_COLUMNS,
+    comparison_note,
+    comparison_table,
+    markdown_table,
+)
 from liverphase.evaluate.segmentation import pooled_segmentation, read_segmentation_csv
 from liverphase.evaluate.stats import paired_bootstrap_p
 from liverphase.io.nifti import NnUNetDataset, open_dataset
@@ -26,7 +36,7 @@ from liverphase.models.registry import create_model
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.train.profile import profile_one
 
-KINETICS = "kinetics (logistic regression)"
+KINETICS = KINETICS_LABEL  # the baseline's row label, in every table
 COLUMNS = [
     *COMPARISON_COLUMNS,
     ("params", "Params", ","),
@@ -346,9 +356,10 @@ def segmentation_comparison(
 
 
 def write_comparison(rows: Sequence[dict[str, Any]], out: Path, title: str, note: str = "") -> Path:
-    """comparison.md (table) and comparison.json in `out`."""
+    """comparison.md (table, then the footnote naming the AUC test) and comparison.json in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "comparison.json", list(rows))
     text = f"# {title}\n\n{note}\n\n" + markdown_table(list(rows), table_columns(rows))
+    text += f"\n{comparison_note(rows)}\n"
     atomic_write_text(out / "comparison.md", text)
     return out / "comparison.md"

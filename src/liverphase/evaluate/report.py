@@ -2,7 +2,8 @@
 
 `write_cv_report` turns out-of-fold predictions (the rows of predictions.csv) into the RUN
 folder's metrics.json, roc.png and report.md; `comparison_table` gives the ablation rows (AUC
-with CI and DeLong's p against a reference model).
+with CI and DeLong's p against a reference model: Obuchowski's clustered version when a patient has
+several studies, named by `comparison_note`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from liverphase.evaluate.metrics import (
 )
 from liverphase.evaluate.plots import plot_roc, plot_roc_ovr
 from liverphase.evaluate.predictions import Predictions, write_predictions
-from liverphase.evaluate.stats import bootstrap_many, bootstrap_roc_band, delong_test
+from liverphase.evaluate.stats import auc_test, auc_test_name, bootstrap_many, bootstrap_roc_band
 
 DASH = "—"
 METRIC_NAMES = {
@@ -317,7 +318,9 @@ def comparison_table(
 
     All models must score the same cases in the same order. Rows carry `delta_auc`, `delong_z`
     and `delong_p` (None for the reference itself, and for more than two classes, where DeLong's
-    test of a macro AUC is not defined). Render with `markdown_table(rows, COMPARISON_COLUMNS)`.
+    test of a macro AUC is not defined) and `delong_method`: "DeLong", or Obuchowski's clustered
+    test when a patient id in `groups` repeats (`auc_test`). Render with
+    `markdown_table(rows, COMPARISON_COLUMNS)` and `comparison_note(rows)` under it.
     """
     if reference not in models:
         raise ValueError(f"reference model {reference!r} not among {list(models)}")
@@ -330,10 +333,32 @@ def comparison_table(
             raise ValueError(f"{name}: probs {probs.shape} vs reference {ref.shape}")
         row: dict[str, Any] = {"model": name}
         row.update(metrics_block(y, probs, groups, class_names, n_boot, seed, positive, threshold))
-        row.update(delta_auc=None, delong_z=None, delong_p=None)
+        row.update(delta_auc=None, delong_z=None, delong_p=None, delong_method=None)
         if name != reference and probs.shape[1] == 2:
             pos = y == positive
-            auc, auc_ref, z, p = delong_test(pos, probs[:, positive], ref[:, positive])
-            row.update(delta_auc=auc - auc_ref, delong_z=_plain(z), delong_p=p)
+            try:
+                auc, auc_ref, z, p = auc_test(pos, probs[:, positive], ref[:, positive], groups)
+            except ValueError as err:  # too few patients of a class for the test
+                row["delong_method"] = f"not computed: {err}"
+            else:
+                row.update(delta_auc=auc - auc_ref, delong_z=_plain(z), delong_p=p)
+                row["delong_method"] = auc_test_name(groups)
         rows.append(row)
     return rows
+
+
+def comparison_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The footnote of a comparison table: which test gave its DeLong p, and how its CIs were made."""
+    methods = sorted({r["delong_method"] for r in rows if r.get("delong_method")})
+    tested = [m for m in methods if not m.startswith("not computed")]
+    text = ""
+    if any(r.get("auc_ci") for r in rows):
+        text = "AUC, accuracy and F1 95% CIs: percentile bootstrap over patients (no analytic CI). "
+    if any(m.startswith("clustered") for m in tested):
+        text += (
+            f"DeLong p: {'; '.join(tested)}: a patient's studies are one cluster, so follow-up "
+            "studies are not counted as independent."
+        )
+    elif tested:
+        text += "DeLong p: DeLong's test (one study per patient)."
+    return text + "".join(f" DeLong p {m}." for m in methods if m.startswith("not computed"))

@@ -7,8 +7,9 @@ encoder bundle) and every share of site A's labels (`label_fraction`: a seeded s
 training patients per fold, the test folds whole) a patient-level cross-validation on site A runs
 through `ablate`'s reusable runs, on the same folds, and its fold bundles (averaged) are evaluated
 on site B. Every row: AUC with a 95% patient-bootstrap CI on site A (out-of-fold) and on site B, and
-DeLong's p against no pretraining at the same label share on the same cases. DeLong treats studies
-as independent; a patient with a follow-up study counts twice (the CIs resample patients).
+DeLong's p against no pretraining at the same label share on the same cases: Obuchowski's (1997)
+clustered version when a patient has several studies (the report names the test; the CIs resample
+patients).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from liverphase.evaluate.compare import aligned_predictions, log_seconds, oof_pr
 from liverphase.evaluate.external import evaluate_run
 from liverphase.evaluate.pretrain import run_pretrain
 from liverphase.evaluate.report import markdown_table
-from liverphase.evaluate.stats import delong_test
+from liverphase.evaluate.stats import auc_test, auc_test_name
 from liverphase.io.nifti import NnUNetDataset, open_dataset
 
 MODEL = "std_net"  # the model whose per-phase encoder `ssl` pretrains
@@ -163,11 +164,18 @@ def _auc(folder: Path) -> tuple[float, list[float]]:
 
 
 def delong_against(folder: Path, reference: Path, positive: str) -> float:
-    """DeLong's two-sided p between two prediction folders on the reference's cases."""
+    """Two-sided p of DeLong's test between two prediction folders on the reference's cases,
+    clustered by patient when a patient has several studies (`delong_name`)."""
     ids, ref_probs = oof_probs(reference)
-    labels, _, probs = aligned_predictions(folder, ids)
+    labels, patients, probs = aligned_predictions(folder, ids)
     k = int(np.flatnonzero(np.array(_class_names(folder)) == positive)[0])
-    return delong_test((labels == k).astype(int), probs[:, k], ref_probs[:, k])[3]
+    return auc_test((labels == k).astype(int), probs[:, k], ref_probs[:, k], patients)[3]
+
+
+def delong_name(reference: Path) -> str:
+    """The test `delong_against` uses on the reference's cases (`auc_test_name`)."""
+    ids, _ = oof_probs(reference)
+    return auc_test_name(aligned_predictions(reference, ids)[1])
 
 
 def _class_names(folder: Path) -> list[str]:
@@ -232,6 +240,8 @@ def ssl_rows(
             row["p_b"] = delong_against(
                 externals[(init, fraction)], externals[(NONE, fraction)], positive
             )
+            row["p_a_test"] = delong_name(runs[(NONE, fraction)])
+            row["p_b_test"] = delong_name(externals[(NONE, fraction)])
         rows.append(row)
     return sorted(rows, key=lambda r: (r["fraction"], r["init"] != NONE, r["init"]))
 
@@ -243,11 +253,16 @@ def write_ssl_report(
     header: str,
     seconds: float,
 ) -> dict[str, Any]:
-    """RUN/report.md (the label-efficiency table and the pretraining costs) and RUN/ssl.json."""
+    """RUN/report.md (the label-efficiency table, the test behind its p, the pretraining costs)
+    and RUN/ssl.json."""
+    tests = {
+        f"site {s.upper()}: {r[f'p_{s}_test']}" for r in rows for s in "ab" if f"p_{s}_test" in r
+    }
     text = (
         header
         + "\n## Label efficiency\n\n"
         + markdown_table(rows, COLUMNS)
+        + (f"\np: {'; '.join(sorted(tests))}.\n" if tests else "")
         + "\n## Pretraining\n\n"
         + markdown_table(pretraining, PRETRAIN_COLUMNS)
         + "\nProbe AUC: a logistic regression on the frozen encoder's pooled features of site A's "
@@ -319,7 +334,8 @@ def run_ssl_ablation(
         + (f", the encoder frozen for the first {freeze} epochs" if freeze else "")
         + ". Site A AUC: out-of-fold; site B AUC: the mean of the fold bundles' probabilities. "
         "95% CIs by bootstrap over patients; p: DeLong's test against no pretraining at the same "
-        "label share on the same studies.\n"
+        "label share on the same studies (clustered by patient when a patient has several "
+        "studies; named under the table).\n"
     )
     seconds = round(time.perf_counter() - start, 1)
     return write_ssl_report(out, rows, pretraining, header, seconds)

@@ -2,12 +2,14 @@
 
 Cases of one patient are not independent, so the bootstrap resamples patients (with
 replacement) and every case of a drawn patient comes along, as many times as it was drawn.
+When a patient has several studies, AUCs are compared with Obuchowski's (1997) clustered
+version of DeLong's test (`auc_test` chooses), which is DeLong's test when no patient repeats.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,13 +180,23 @@ def bootstrap_roc_band(
 # among all N scores, T_x among the positives, T_y among the negatives,
 #   V10(X_i) = (T_z(X_i) − T_x(X_i)) / n,  V01(Y_j) = 1 − (T_z(Y_j) − T_y(Y_j)) / m.
 # Two models: z = (AUC1 − AUC2) / sqrt(S11 + S22 − 2 S12), p = 2 (1 − Φ(|z|)).
-# It treats cases as independent: with several cases per patient, prefer the patient bootstrap.
+# It treats cases as independent. Obuchowski (1997, Biometrics 53:567) keeps the placement values
+# but sums them per cluster (patient) i, with m_i positives and n_i negatives in it:
+#   X_i = Σ_{j in i} V10(X_ij) − m_i·AUC,  Y_i = Σ_{k in i} V01(Y_ik) − n_i·AUC,
+#   S10 = I10 / ((I10 − 1) m) Σ_i X_i X_i',  S01 = I01 / ((I01 − 1) n) Σ_i Y_i Y_i',
+#   S11 = I / (I − 1) Σ_i X_i Y_i',  Cov(AUC, AUC') = S10/m + S01/n + (S11 + S11ᵀ)/(m n),
+# with I clusters, I10 of them holding a positive and I01 a negative. With one case per cluster
+# S11 = 0, I10 = m, I01 = n and it is DeLong's covariance exactly.
 
 
-def delong_covariance(y: np.ndarray, *scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(AUCs (k,), covariance (k, k)) of k models' AUCs on the same cases, by DeLong's method."""
+def _placements(
+    y: np.ndarray, scores: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(positive mask, AUCs (k,), V10 (k, m), V01 (k, n)) of k models by midranks."""
     pos = np.asarray(y).astype(bool)
     s = np.atleast_2d(np.stack([np.asarray(x, dtype=np.float64) for x in scores]))
+    if s.shape[1] != pos.size:
+        raise ValueError(f"scores have {s.shape[1]} cases, labels {pos.size}")
     m, n = int(pos.sum()), int((~pos).sum())
     if m < 2 or n < 2:
         raise ValueError(f"DeLong needs at least 2 positives and 2 negatives, got {m} and {n}")
@@ -195,23 +207,94 @@ def delong_covariance(y: np.ndarray, *scores: np.ndarray) -> tuple[np.ndarray, n
     aucs = (tz[:, :m].sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
     v10 = (tz[:, :m] - tx) / n
     v01 = 1.0 - (tz[:, m:] - ty) / m
+    return pos, aucs, v10, v01
+
+
+def delong_covariance(y: np.ndarray, *scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(AUCs (k,), covariance (k, k)) of k models' AUCs on the same cases, by DeLong's method."""
+    pos, aucs, v10, v01 = _placements(y, scores)
+    m, n = int(pos.sum()), int((~pos).sum())
     cov = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
     return aucs, cov
 
 
-def delong_ci(y: np.ndarray, score: np.ndarray, alpha: float = 0.05) -> tuple[float, float, float]:
-    """(AUC, lo, hi): the normal-approximation CI AUC ± z_{1−α/2}·sqrt(Var_DeLong), clipped to [0, 1]."""
-    aucs, cov = delong_covariance(y, score)
-    half = norm.ppf(1 - alpha / 2) * math.sqrt(max(cov[0, 0], 0.0))
-    auc = float(aucs[0])
+def _cluster_index(groups: Sequence[str] | np.ndarray, n_cases: int) -> np.ndarray:
+    """Cluster number 0..I−1 of every case (patient ids compared as text)."""
+    g = np.asarray(groups)
+    if g.shape != (n_cases,):
+        raise ValueError(f"groups has shape {g.shape}, expected ({n_cases},)")
+    return np.unique(g.astype(str), return_inverse=True)[1].ravel()
+
+
+def clustered_auc_covariance(
+    y: np.ndarray, groups: Sequence[str] | np.ndarray, *scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(AUCs (k,), covariance (k, k)) of k models' AUCs with cases clustered by patient
+    (Obuchowski 1997); DeLong's covariance when every patient has one case."""
+    pos, aucs, v10, v01 = _placements(y, scores)
+    m, n = int(pos.sum()), int((~pos).sum())
+    cluster = _cluster_index(groups, pos.size)
+    n_clusters = int(cluster.max()) + 1
+    cx, cy = cluster[pos], cluster[~pos]
+    m_i = np.bincount(cx, minlength=n_clusters)
+    n_i = np.bincount(cy, minlength=n_clusters)
+    i10, i01 = int(np.sum(m_i > 0)), int(np.sum(n_i > 0))
+    if i10 < 2 or i01 < 2:
+        raise ValueError(
+            f"the clustered test needs at least 2 patients with a positive and 2 with a negative "
+            f"case, got {i10} and {i01}"
+        )
+    xs = np.stack([np.bincount(cx, v, n_clusters) for v in v10]) - np.outer(aucs, m_i)
+    ys = np.stack([np.bincount(cy, v, n_clusters) for v in v01]) - np.outer(aucs, n_i)
+    s10 = i10 / ((i10 - 1) * m) * (xs @ xs.T)
+    s01 = i01 / ((i01 - 1) * n) * (ys @ ys.T)
+    s11 = n_clusters / (n_clusters - 1) * (xs @ ys.T)
+    return aucs, s10 / m + s01 / n + (s11 + s11.T) / (m * n)
+
+
+def repeats_patients(groups: Sequence[str] | np.ndarray | None) -> bool:
+    """Whether some patient id occurs more than once (None: every case its own patient)."""
+    if groups is None:
+        return False
+    g = np.asarray(groups).astype(str)
+    return bool(np.unique(g).size < g.size)
+
+
+def auc_test_name(groups: Sequence[str] | np.ndarray | None) -> str:
+    """The test `auc_test` uses for these cases: 'DeLong', or 'clustered DeLong (Obuchowski
+    1997), N patients / M studies' when a patient id repeats."""
+    if not repeats_patients(groups):
+        return "DeLong"
+    g = np.asarray(groups).astype(str)
+    return f"clustered DeLong (Obuchowski 1997), {np.unique(g).size} patients / {g.size} studies"
+
+
+def _auc_variance(
+    y: np.ndarray, score: np.ndarray, groups: Sequence[str] | np.ndarray | None
+) -> tuple[float, float]:
+    """(AUC, variance): clustered by patient when an id repeats, DeLong's otherwise."""
+    if repeats_patients(groups):
+        aucs, cov = clustered_auc_covariance(y, groups, score)
+    else:
+        aucs, cov = delong_covariance(y, score)
+    return float(aucs[0]), float(cov[0, 0])
+
+
+def delong_ci(
+    y: np.ndarray,
+    score: np.ndarray,
+    alpha: float = 0.05,
+    groups: Sequence[str] | np.ndarray | None = None,
+) -> tuple[float, float, float]:
+    """(AUC, lo, hi): AUC ± z_{1−α/2}·sqrt(Var), clipped to [0, 1]; Var is DeLong's, or
+    Obuchowski's clustered one when `groups` repeats a patient."""
+    auc, var = _auc_variance(y, score, groups)
+    half = norm.ppf(1 - alpha / 2) * math.sqrt(max(var, 0.0))
     return auc, max(0.0, auc - half), min(1.0, auc + half)
 
 
-def delong_test(
-    y: np.ndarray, score1: np.ndarray, score2: np.ndarray
-) -> tuple[float, float, float, float]:
-    """(AUC1, AUC2, z, two-sided p) of DeLong's test that two correlated AUCs are equal."""
-    aucs, cov = delong_covariance(y, score1, score2)
+def _z_test(aucs: np.ndarray, cov: np.ndarray) -> tuple[float, float, float, float]:
+    """(AUC1, AUC2, z, two-sided p) of the difference of two AUCs with covariance `cov`."""
     auc1, auc2 = float(aucs[0]), float(aucs[1])
     var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
     if var <= 1e-15 * max(cov[0, 0] + cov[1, 1], 1e-300):
@@ -221,6 +304,33 @@ def delong_test(
         return auc1, auc2, math.copysign(math.inf, auc1 - auc2), 0.0
     z = (auc1 - auc2) / math.sqrt(var)
     return auc1, auc2, float(z), float(2 * norm.sf(abs(z)))
+
+
+def delong_test(
+    y: np.ndarray, score1: np.ndarray, score2: np.ndarray
+) -> tuple[float, float, float, float]:
+    """(AUC1, AUC2, z, two-sided p) of DeLong's test that two correlated AUCs are equal."""
+    return _z_test(*delong_covariance(y, score1, score2))
+
+
+def clustered_delong_test(
+    y: np.ndarray, score1: np.ndarray, score2: np.ndarray, groups: Sequence[str] | np.ndarray
+) -> tuple[float, float, float, float]:
+    """(AUC1, AUC2, z, two-sided p) of Obuchowski's (1997) clustered test of two paired AUCs."""
+    return _z_test(*clustered_auc_covariance(y, groups, score1, score2))
+
+
+def auc_test(
+    y: np.ndarray,
+    score1: np.ndarray,
+    score2: np.ndarray,
+    groups: Sequence[str] | np.ndarray | None,
+) -> tuple[float, float, float, float]:
+    """(AUC1, AUC2, z, p): the clustered test when a patient id repeats, else DeLong's (the
+    name of the one used: `auc_test_name(groups)`)."""
+    if repeats_patients(groups):
+        return clustered_delong_test(y, score1, score2, groups)
+    return delong_test(y, score1, score2)
 
 
 def paired_bootstrap_p(
