@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,22 @@ def test_defaults_are_the_benchmarked_recipes_with_their_cohorts_stated():
         # where the choice was made and where it was reported, never one cohort for both
         assert "development cohort" in evidence and "seed 101" in evidence, model
     assert get_recipe("miff_spm", None).train == {"head_lr_scale": 100.0, "epochs": 12}
+    # chosen on CT cohorts: an MRI dataset runs the plain profile unless a recipe is named
+    assert default_recipe("std_net", "mri") == "default" == default_recipe("miff_spm", "mri")
+    assert default_recipe("std_net", "ct") == "region-radial"
+
+
+def test_the_dataset_modality_picks_the_default(tmp_path: Path):
+    ct, mri = tmp_path / "ct", tmp_path / "mri"
+    for folder, modality in ((ct, "CT"), (mri, "MR")):
+        folder.mkdir()
+        (folder / "dataset.json").write_text(json.dumps({"modality": modality}))
+    assert experiment_kwargs("std_net", None, dataset=ct)["model_options"]["region_kinetics"]
+    assert experiment_kwargs("std_net", None, dataset=mri)["model_options"] == {}
+    named = experiment_kwargs("std_net", None, dataset=mri, recipe="region-radial")
+    assert named["model_options"]["region_reading"] == "radial"
+    # an unreadable dataset.json leaves the error to opening the dataset: the model's default
+    assert experiment_kwargs("std_net", None, dataset=tmp_path / "nowhere")["head_lr_scale"] == 100
     assert DEMO_RECIPE["model_options"] == get_recipe(DEMO_MODEL, None).model_options
 
 

@@ -105,8 +105,9 @@ def format_catalogue(rows: list[dict[str, Any]]) -> str:
             recipe = get_recipe(r["model"], name)
             lines.append(f"- {r['model']} `--recipe {name}`: {recipe.summary}. {recipe.evidence}.")
     lines.append(
-        "Any number of classes. Options: `liverphase models --options`; time and memory: "
-        "`liverphase models --measure`."
+        "A default (*) was chosen on CT cohorts and applies to CT datasets; on MRI every model "
+        "runs `default` unless `--recipe` names another. Any number of classes. Options: "
+        "`liverphase models --options`; time and memory: `liverphase models --measure`."
     )
     return "\n".join(lines)
 

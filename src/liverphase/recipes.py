@@ -26,6 +26,8 @@ class Recipe:
     model_options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     preprocess: dict[str, Any] = field(default_factory=dict)
+    # the modalities whose cohorts chose it: a default recipe applies to these only
+    modalities: tuple[str, ...] = ("ct",)
 
 
 # the class read from the predicted lesion in radial bands, the head at 100x the network's rate,
@@ -95,14 +97,20 @@ def recipe_names(model: str) -> list[str]:
     return ["default", *RECIPES.get(model, {})]
 
 
-def default_recipe(model: str) -> str:
-    """The recipe a model runs without --recipe."""
-    return DEFAULTS.get(model, "default")
+def default_recipe(model: str, modality: str | None = None) -> str:
+    """The recipe a model runs without --recipe on a dataset of `modality` ("ct", "mri"; None:
+    any): its default only where that default was chosen (CT cohorts), else the plain profile."""
+    name = DEFAULTS.get(model, "default")
+    if name != "default" and modality is not None:
+        if modality not in RECIPES[model][name].modalities:
+            return "default"
+    return name
 
 
-def get_recipe(model: str, name: str | None) -> Recipe:
-    """A model's recipe by name (None: its default); an unknown name is one ConfigError line."""
-    name = default_recipe(model) if name is None else name
+def get_recipe(model: str, name: str | None, modality: str | None = None) -> Recipe:
+    """A model's recipe by name (None: its default for `modality`); an unknown name is one
+    ConfigError line."""
+    name = default_recipe(model, modality) if name is None else name
     if name == "default":
         return PLAIN
     if name not in RECIPES.get(model, {}):

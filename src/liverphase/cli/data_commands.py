@@ -158,6 +158,7 @@ def preprocess(
         option=option,
         no_register=no_register,
         recipe=recipe,
+        dataset=dataset,
     )
     stats = preprocess_experiment(dataset, out, kwargs, workers=workers)
     typer.echo(

@@ -78,6 +78,7 @@ def train(
         no_register,
         loss,
         recipe=recipe,
+        dataset=dataset,
     )
     kwargs.update(_init_kwargs(init, freeze_epochs))
     result = run_train(
@@ -158,6 +159,7 @@ def cv(
         loss,
         label_fraction,
         recipe=recipe,
+        dataset=dataset,
     )
     kwargs.update(_init_kwargs(init, freeze_epochs))
     if splits not in ("kfold", "official"):

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from liverphase.data.augment import Augmenter
+from liverphase.data.forward import model_input
 from liverphase.errors import DatasetError, InputFileError
-from liverphase.preprocess.roi import with_roi_channel
 
 ITEM_KEYS = ("case_id", "patient_id", "label", "image", "mask")
 
@@ -103,11 +103,7 @@ class CachedStudyDataset(Dataset):
             if dropped is not None:
                 both = dropped if present is None else present & dropped
                 present = both if both.any() else present  # never drop a study's only phase
-        if self.roi_channel:
-            assert mask is not None  # checked in __init__
-            image = with_roi_channel(image, mask)
-        if present is not None:
-            image = np.where(present[:, None, None, None, None], image, np.float32(0))
+        image = model_input(image, mask, present, self.roi_channel)  # mask checked in __init__
         has_mask = mask is not None
         mask_arr = (
             mask.astype(np.uint8, copy=False) if has_mask else np.zeros(image.shape[2:], np.uint8)
@@ -115,7 +111,7 @@ class CachedStudyDataset(Dataset):
         extra = {} if present is None else {"phase_mask": torch.from_numpy(present)}
         return {
             **extra,
-            "image": torch.from_numpy(np.array(image, np.float32)),
+            "image": torch.from_numpy(image),
             "mask": torch.from_numpy(np.array(mask_arr[None], np.uint8)),
             "has_mask": has_mask,
             "label": torch.tensor(self.class_index[str(item["label"])], dtype=torch.int64),

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from liverphase.data.dataset import CachedStudyDataset
+from liverphase.data.forward import predict_batch
 from liverphase.errors import BundleError, DatasetError
 from liverphase.evaluate.cv import cached_items
 from liverphase.evaluate.predictions import Predictions
@@ -30,7 +31,6 @@ from liverphase.evaluate.submission import (
     write_submission,
 )
 from liverphase.io.nifti import open_dataset
-from liverphase.models.tta import lesion_probability, predict_with_flips
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.train.bundle import load_bundle, read_bundle_meta
 
@@ -60,7 +60,8 @@ def predict_items(
 ) -> tuple[np.ndarray, list[np.ndarray] | None]:
     """Class probabilities (N, K) of cached items, in order, averaged over flips of `flip_axes`;
     with a model that segments also the lesion probability maps (D, H, W) per item, else None.
-    `present` (one bool per phase) withholds the False phases through the model's phase mask;
+    The phases an item lacks (its `present`) and those `present` (one bool per phase) withholds
+    reach the model through its phase mask (data.forward.predict_batch, as in cv and predict);
     `roi_channel` appends each item's lesion mask as the model's last input channel."""
     index = {c: i for i, c in enumerate(class_names)}
     labelled = [
@@ -74,15 +75,11 @@ def predict_items(
     device = next(model.parameters()).device
     probs, lesion = [], []
     for batch in loader:
-        x = batch["image"].to(device)
-        kwargs = {}
-        if present is not None:
-            kwargs["phase_mask"] = torch.tensor(list(present), device=device).expand(len(x), -1)
-        p, seg = predict_with_flips(model, x, tuple(flip_axes), **kwargs)
-        probs.append(p.cpu())
-        if seg is not None:
-            lesion += list(lesion_probability(seg).cpu().numpy())
-    return torch.cat(probs).numpy(), (lesion or None)
+        pred = predict_batch(model, batch, flip_axes, device, present)
+        probs.append(pred.probs)
+        if pred.lesion is not None:
+            lesion += list(pred.lesion)
+    return np.concatenate(probs), (lesion or None)
 
 
 def evaluate_run(

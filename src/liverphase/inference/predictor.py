@@ -27,6 +27,7 @@ import torch
 
 import liverphase
 from liverphase.atomic import staged_files
+from liverphase.data.forward import predict_batch, study_batch
 from liverphase.errors import BundleError, ConfigError, DatasetError, LiverphaseError
 from liverphase.explain.cam import CamResult, CamUnavailable, PhaseGradCAM
 from liverphase.explain.occlusion import phase_importance
@@ -38,7 +39,7 @@ from liverphase.inference.context import (
     study_path,
     study_source,
 )
-from liverphase.io.nifti import read_image
+from liverphase.inference.locate import PHASE_BOXES, locate
 from liverphase.io.outputs import (
     find_phi,
     image_on_grid,
@@ -51,14 +52,12 @@ from liverphase.io.outputs import (
 from liverphase.io.phi import SEG_BLANKED, check_phi_options
 from liverphase.io.study import Study
 from liverphase.models.registry import accepts_phase_mask
-from liverphase.models.tta import lesion_probability, predict_with_flips
 from liverphase.preprocess.config import PreprocessConfig
 from liverphase.preprocess.pipeline import PreprocessedStudy, map_to_reference, preprocess_study
-from liverphase.preprocess.roi import CropGrid, lesion_mask_on_reference, with_roi_channel
+from liverphase.preprocess.roi import CropGrid, lesion_mask_on_reference
 from liverphase.train.bundle import load_bundle
 
 PREDICTION = "prediction.json"
-MASK_AND_BBOX = "give the lesion as a mask or as a box, not both (the box would be ignored)"
 
 
 def bundle_config(meta: dict[str, Any], bundle_dir: Path) -> PreprocessConfig:
@@ -71,10 +70,6 @@ def bundle_config(meta: dict[str, Any], bundle_dir: Path) -> PreprocessConfig:
         return PreprocessConfig.from_dict(data, source=str(where))
     except ConfigError as exc:
         raise BundleError(f"invalid preprocessing config: {exc.problem}", where) from None
-
-
-# where the lesion came from when a dataset case gives a box per phase (cases.csv bbox_<PHASE>)
-PHASE_BOXES = "bbox per phase (cases.csv)"
 
 
 class Predictor:
@@ -154,7 +149,10 @@ class Predictor:
         canon = {p: lesion.snap(study.phases[p]) for p in dict.fromkeys([*present, ref])}
 
         tick = time.perf_counter()
-        user_mask, box, source = self._locate(study, reference, mask, bbox, bbox_units, warnings)
+        finds = self.segments or self.config.roi_source == "image"
+        user_mask, box, source = locate(
+            study, reference, mask, bbox, bbox_units, warnings, finds, self.organ, self.model_name
+        )
         if self.config.roi_channel and user_mask is None:
             raise LiverphaseError(
                 f"model {self.model_name!r} reads the lesion through its mask (roi_channel): "
@@ -182,12 +180,10 @@ class Predictor:
             grid = CropGrid.from_dict(pre.meta["crop"])
             roi = analysis.mask_on_grid(lesion.snap(user_mask), grid)
         x, kwargs = self._input(pre, present, roi)
-        with torch.no_grad():
-            prob_t, seg_logits = predict_with_flips(self.model, x, self.tta_flip_axes, **kwargs)
-        probs = prob_t[0].cpu().numpy()
+        found = predict_batch(self.model, {"image": x, **kwargs}, self.tta_flip_axes, self.device)
+        probs, seg_prob = found.probs[0], None if found.lesion is None else found.lesion[0]
         pred = int(np.argmax(probs))
         staging = self._staging(x, kwargs, probs, pre.meta) if self.organ else None
-        seg_prob = None if seg_logits is None else lesion_probability(seg_logits)[0].cpu().numpy()
         timings["model"] = time.perf_counter() - tick
 
         files: dict[str, Path] = {}
@@ -336,67 +332,6 @@ class Predictor:
             warnings.append(f"reference phase {self.reference_phase} missing: {ref} used instead")
         return present, ref
 
-    def _locate(
-        self,
-        study: Study,
-        reference: sitk.Image,
-        mask: str | Path | sitk.Image | None,
-        bbox: Any,
-        units: str,
-        warnings: list[str],
-    ) -> tuple[sitk.Image | None, lesion.Box6 | None, str]:
-        """(lesion mask on the reference grid or None, voxel box in the canonical copy, source)."""
-        user_mask, source = None, ""
-        if mask is not None and bbox is not None:
-            raise ConfigError(MASK_AND_BBOX, "--mask / --bbox")
-        if mask is not None:
-            user_mask, source = (
-                read_image(mask) if not isinstance(mask, sitk.Image) else mask,
-                "mask",
-            )
-        elif bbox is not None:
-            box = lesion.bbox_to_index(reference, bbox, units)
-            if all(box[i + 3] - box[i] <= 1 for i in range(3)):
-                warnings.append(
-                    "lesion given as a point: the crop is the bundle's margin around it"
-                )
-            return None, lesion.canonical_box(lesion.box_mask(reference, box)), f"bbox ({units})"
-        elif study.mask is not None:
-            user_mask, source = study.mask, "mask (dataset label)"
-        elif study.bbox is not None:
-            box_img = lesion.box_mask(reference, study.bbox)
-            return None, lesion.canonical_box(box_img), "bbox (cases.csv)"
-        elif study.phase_boxes:
-            p = study.reference_phase if study.reference_phase in study.phase_boxes else None
-            p = p or next(iter(study.phase_boxes))
-            box_img, _ = lesion.conform_mask(
-                lesion.box_mask(study.phases[p], study.phase_boxes[p]), reference
-            )
-            return None, lesion.canonical_box(box_img), PHASE_BOXES
-        elif self.segments or self.config.roi_source == "image":
-            return None, None, "model (coarse pass over the whole scan)"
-        elif self.organ:
-            raise LiverphaseError(
-                f"study {study.case_id!r} has no liver mask: model {self.model_name!r} reads the "
-                "whole liver; give --mask LIVER_MASK (liverphase ships no liver segmenter yet)",
-                study_path(study),
-            )
-        else:
-            raise LiverphaseError(
-                f"no lesion location for study {study.case_id!r}: give a mask or a bbox "
-                f"(model {self.model_name!r} does not segment)",
-                study_path(study),
-            )
-        user_mask, note = lesion.conform_mask(user_mask, reference)
-        if note:
-            warnings.append(note)
-        box = lesion.canonical_box(user_mask)
-        if box is None:
-            raise LiverphaseError(
-                "the lesion mask is empty (no voxel > 0)", study_path(study, mask)
-            )
-        return user_mask, box, source
-
     def _preprocess(
         self,
         case_id: str,
@@ -437,14 +372,12 @@ class Predictor:
         """The box of the largest lesion the model segments in a whole-scan pass."""
         pre = self._preprocess(study.case_id, canon, present, ref, None, timings)
         x, kwargs = self._input(pre, present)
-        with torch.no_grad():
-            seg_logits = self.model(x, **kwargs).seg_logits
-        if seg_logits is None:
+        prob = predict_batch(self.model, {"image": x, **kwargs}, (), self.device).lesion
+        if prob is None:
             raise LiverphaseError(
                 f"model {self.model_name!r} gave no segmentation", self.bundle_dir
             )
-        prob = lesion_probability(seg_logits)[0].cpu().numpy()
-        box = lesion.index_box(lesion_mask_on_reference(prob, pre.meta["crop"], canon[ref]))
+        box = lesion.index_box(lesion_mask_on_reference(prob[0], pre.meta["crop"], canon[ref]))
         if box is None:
             raise LiverphaseError(
                 "the model found no lesion in the whole-scan pass: give a mask or a bbox",
@@ -455,17 +388,15 @@ class Predictor:
     def _input(
         self, pre: PreprocessedStudy, present: list[str], roi: np.ndarray | None = None
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """(1, P, C, D, H, W) in the bundle's phase order; absent phases zero and masked out; the
-        lesion mask on the crop grid `roi`, if given, as every phase's last channel."""
-        image = torch.from_numpy(pre.image if roi is None else with_roi_channel(pre.image, roi))
-        x = torch.zeros((1, len(self.phases), *image.shape[1:]), dtype=torch.float32)
+        """(1, P, C, D, H, W) in the bundle's phase order and the model's keyword arguments, as
+        `data.forward.study_batch` makes them (as the cache's items give them): absent phases zero
+        and masked out, the lesion mask on the crop grid `roi`, if given, as the ROI channel."""
+        image = np.zeros((len(self.phases), *pre.image.shape[1:]), np.float32)
         for i, p in enumerate(self.phases):
             if p in present:
-                x[0, i] = image[present.index(p)]
-        kwargs: dict[str, Any] = {}
-        if len(present) < len(self.phases):
-            kwargs["phase_mask"] = torch.tensor([[p in present for p in self.phases]])
-        return x.to(self.device), kwargs
+                image[i] = pre.image[present.index(p)]
+        kwargs: dict[str, Any] = study_batch(image, roi, [p in present for p in self.phases])
+        return kwargs.pop("image").to(self.device), kwargs
 
     def _staging(
         self, x: torch.Tensor, kwargs: dict[str, Any], probs: np.ndarray, meta: dict[str, Any]

@@ -22,7 +22,8 @@ from typing import Any
 
 from liverphase.atomic import atomic_write_text, check_writable_dir
 from liverphase.errors import ConfigError, InputFileError, LiverphaseError
-from liverphase.inference.predictor import MASK_AND_BBOX, Predictor
+from liverphase.inference.locate import MASK_AND_BBOX
+from liverphase.inference.predictor import Predictor
 from liverphase.io.nifti import open_dataset
 from liverphase.io.phi import check_phi_options, name_holds, pseudonym
 from liverphase.io.study import Study

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,19 @@ def config_overrides(
     }
 
 
+def dataset_modality(dataset: Path | None) -> str | None:
+    """ "ct" or "mri" from a dataset's dataset.json, or None when it cannot be read (opening the
+    dataset reports that problem later, with its own message)."""
+    if dataset is None:
+        return None
+    try:
+        value = json.loads((Path(dataset) / "dataset.json").read_text(encoding="utf-8-sig"))
+        modality = str(value.get("modality", "CT")).strip().lower()
+    except (OSError, ValueError, AttributeError):
+        return None
+    return {"ct": "ct", "mr": "mri", "mri": "mri"}.get(modality)
+
+
 def experiment_kwargs(
     model: str,
     profile: str | None,
@@ -101,12 +115,14 @@ def experiment_kwargs(
     loss: str | None = None,
     label_fraction: float | None = None,
     recipe: str | None = None,
+    dataset: Path | None = None,
 ) -> dict[str, Any]:
     """Recipe + profile + YAML config + explicit flags (later wins) into make_experiment's keyword
-    arguments; `recipe` None is the model's default recipe, `profile` None the recipe's or cpu."""
+    arguments; `recipe` None is the model's default recipe for the modality of `dataset` (its
+    dataset.json), `profile` None the recipe's or cpu."""
     from liverphase.recipes import get_recipe, recipe_kwargs
 
-    chosen = get_recipe(model, recipe)
+    chosen = get_recipe(model, recipe, dataset_modality(dataset))
     base = recipe_kwargs(chosen)
     shared = config_overrides(config, option, no_register)
     for key in ("model_options", "preprocess_overrides"):

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from liverphase.data.augment import Augmenter
 from liverphase.data.dataset import CachedStudyDataset, model_kwargs
+from liverphase.data.forward import predict_batch
 from liverphase.errors import ConfigError
 from liverphase.models.registry import ModelOutput, MultiPhaseModel, accepts_phase_mask
-from liverphase.models.tta import flip_average, lesion_probability
 from liverphase.ssl.bundle import init_record, load_encoder, read_encoder_meta, set_encoder_frozen
 from liverphase.train.bundle import save_bundle, state_tensors
 from liverphase.train.config import TrainConfig
@@ -323,28 +323,17 @@ class Trainer:
         loader = self._loader(dataset, sampler, self.config.seed)
         was_training = model.training
         model.eval()
-        records = []
-        # validation (with_loss) scores the plain model; final predictions use the TTA
-        axes = () if with_loss else tuple(self.config.tta_flip_axes)
+        records, out, dice, lesion = [], None, None, None
         with torch.no_grad(), self._autocast():
             for batch in loader:
-                x = batch["image"].to(self.device)
-                kwargs = self._kwargs(batch)
-                if axes:
-                    out = None
-                    avg = flip_average(model, x, axes, **kwargs)
-                    p, seg, slices = avg.probs, avg.seg_logits, avg.slice_probs
-                else:
-                    out = model(x, **kwargs)
-                    p, seg = torch.softmax(out.logits.float(), dim=1), out.seg_logits
-                    slices = None if out.slice_logits is None else out.slice_logits.softmax(-1)
-                probs = p.cpu().numpy()
-                dice = mask_dice(seg, batch["mask"], batch["has_mask"]) if with_loss else None
-                lesion = None
-                if with_lesion and seg is not None:
-                    lesion = lesion_probability(seg).float().cpu().numpy()
-                elif with_slices and slices is not None:
-                    lesion = slices.float().cpu().numpy()
+                if with_loss:  # validation scores the plain model, with its loss and mask Dice
+                    out = model(batch["image"].to(self.device), **self._kwargs(batch))
+                    probs = torch.softmax(out.logits.float(), dim=1).cpu().numpy()
+                    dice = mask_dice(out.seg_logits, batch["mask"], batch["has_mask"])
+                else:  # test predictions: the shared path, with the recipe's flips
+                    pred = predict_batch(model, batch, self.config.tta_flip_axes, self.device)
+                    probs = pred.probs
+                    lesion = pred.lesion if with_lesion else pred.slices if with_slices else None
                 for i, idx in enumerate(batch["index"].tolist()):
                     loss = math.nan
                     if with_loss and out is not None:
