@@ -31,8 +31,15 @@ def test_flags_win_over_the_yaml_config(tmp_path: Path) -> None:
         "train: {epochs: 30, lr: 0.01}\npreprocess: {margin_mm: 5}\n"
         "model_options: {miff: false, spm: true}\n"
     )
-    kw = experiment_kwargs(
-        "miff_spm", "cpu", cfg, epochs=4, phases="NC, ART", option=["spm=false"], no_register=True
+    kw = experiment_kwargs(  # the plain profile: this is about the YAML and the flags
+        "miff_spm",
+        "cpu",
+        cfg,
+        epochs=4,
+        phases="NC, ART",
+        option=["spm=false"],
+        no_register=True,
+        recipe="default",
     )
     assert kw["epochs"] == 4 and kw["lr"] == 0.01
     assert kw["phases"] == ["NC", "ART"]
