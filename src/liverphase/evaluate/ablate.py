@@ -262,43 +262,28 @@ def run_ablate(
     full = with_shared_options(full_model(suite), options)
     models = {v["model"] for rows in chosen.values() for v in rows.values()} - set(BASELINES)
     check_shared_options(options, models | {full["model"]})
+
+    def train(variants: list[dict[str, Any]]) -> dict[str, Path]:
+        return train_variants(
+            ds,
+            dataset,
+            out,
+            variants,
+            folds,
+            profile,
+            seed,
+            epochs,
+            shared,
+            workers,
+            n_boot,
+            log,
+            plan_only,
+        )
+
     if suite == "cirrhosis":
-
-        def train(variants: list[dict[str, Any]]) -> dict[str, Path]:
-            return train_variants(
-                ds,
-                dataset,
-                out,
-                variants,
-                folds,
-                profile,
-                seed,
-                epochs,
-                shared,
-                workers,
-                n_boot,
-                log,
-                plan_only,
-            )
-
         return run_staging_suite(dataset, out, chosen, train, n_boot, seed, folds, profile, log)
     full_key = variant_key(full)
-    variants = [full] + [v for t in chosen.values() for v in t.values()]
-    runs = train_variants(
-        ds,
-        dataset,
-        out,
-        variants,
-        folds,
-        profile,
-        seed,
-        epochs,
-        shared,
-        workers,
-        n_boot,
-        log,
-        plan_only,
-    )
+    runs = train([full] + [v for t in chosen.values() for v in t.values()])
     sections, results = [], {}
     timings: dict[str, float] = {}  # each network timed once, however many tables hold it
     n_cases = len(oof_probs(runs[full_key])[0])

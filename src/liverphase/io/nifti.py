@@ -179,7 +179,7 @@ class NnUNetDataset:
         # Wave 2 keys: "modality" picks the intensity step, "roi" what is cropped (the lesion, or the
         # organ in labelsTr for whole-liver tasks), "missing_phases": "allow" lets a case lack a
         # sequence (an MRI study often has T1W or T2W only), "ordinal": the classes are ordered stages
-        self.modality: str = _modality(self.meta.get("modality", "CT"), meta_path)
+        self.modality: str = dataset_json_modality(self.meta, meta_path)
         self.roi: str = str(self.meta.get("roi", "lesion"))
         if self.roi not in ("lesion", "organ"):
             raise DatasetError(f"'roi' must be 'lesion' or 'organ', got {self.roi!r}", meta_path)
@@ -333,6 +333,11 @@ class NnUNetDataset:
                 )
             )
         return found
+
+
+def dataset_json_modality(meta: dict[str, Any], path: Path) -> str:
+    """A dataset.json's modality (CT when absent) as the preprocessing's "ct" or "mri"."""
+    return _modality(meta.get("modality", "CT"), path)
 
 
 def _modality(value: object, path: Path) -> str:

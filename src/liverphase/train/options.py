@@ -91,14 +91,16 @@ def config_overrides(
 def dataset_modality(dataset: Path | None) -> str | None:
     """ "ct" or "mri" from a dataset's dataset.json, or None when it cannot be read (opening the
     dataset reports that problem later, with its own message)."""
+    from liverphase.errors import DatasetError
+    from liverphase.io.nifti import dataset_json_modality
+
     if dataset is None:
         return None
+    path = Path(dataset) / "dataset.json"
     try:
-        value = json.loads((Path(dataset) / "dataset.json").read_text(encoding="utf-8-sig"))
-        modality = str(value.get("modality", "CT")).strip().lower()
-    except (OSError, ValueError, AttributeError):
+        return dataset_json_modality(json.loads(path.read_text(encoding="utf-8-sig")), path)
+    except (OSError, ValueError, AttributeError, DatasetError):
         return None
-    return {"ct": "ct", "mr": "mri", "mri": "mri"}.get(modality)
 
 
 def experiment_kwargs(
