@@ -37,29 +37,20 @@ from liverphase.inference.predictor import Predictor
 from liverphase.io.nifti import open_dataset
 from liverphase.io.study import Study
 from liverphase.models.tta import lesion_probability
+from liverphase.preprocess.coarse import lesion_found
 from liverphase.preprocess.pipeline import preprocess_study
 from liverphase.preprocess.roi import lesion_mask_on_reference
 
 
 def overlap(pred: np.ndarray, truth: np.ndarray, spacing_zyx: np.ndarray) -> dict[str, Any]:
-    """Dice, the distance between the centres (mm) and whether the lesion was found: the found
-    centre within the true lesion's equivalent-sphere radius (at least 10 mm) of the true centre (a
-    mask that merely touches the lesion while covering the liver is not a detection)."""
-    inter = int((pred & truth).sum())
-    dice = 2 * inter / max(int(pred.sum() + truth.sum()), 1)
-    dist = None
-    if pred.any() and truth.any():
-        c_p = np.array(ndimage.center_of_mass(pred)) * spacing_zyx
-        c_t = np.array(ndimage.center_of_mass(truth)) * spacing_zyx
-        dist = float(np.linalg.norm(c_p - c_t))
-    volume = float(truth.sum() * np.prod(spacing_zyx))
-    radius = max(10.0, (3 * volume / (4 * np.pi)) ** (1 / 3))
-    found = dist is not None and dist <= radius
+    """Dice, centre distance (mm) and `detected` by the criterion `cv --locate auto` scores with
+    (preprocess.coarse.lesion_found), plus whether the masks touch at all."""
+    found = lesion_found(pred, truth, spacing_zyx)
     return {
-        "dice": round(dice, 4),
-        "detected": found,
-        "centre_error_mm": dist,
-        "touches": inter > 0,
+        "dice": round(found["dice"], 4),
+        "detected": found["detected"],
+        "centre_error_mm": found["centre_error_mm"],
+        "touches": bool(((np.asarray(pred) > 0) & (np.asarray(truth) > 0)).any()),
     }
 
 

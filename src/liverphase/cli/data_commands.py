@@ -55,10 +55,18 @@ def synth(
     preset: str = typer.Option(
         "default", help="Grid preset: default, or tiny (small grids, for tests)."
     ),
+    center_frac: str | None = typer.Option(
+        None,
+        "--center-frac",
+        help="ct: 'LOW HIGH', the range each lesion's central region (normalised depth) is drawn "
+        "from; default: each class's own (0.45 for HCC and ICC).",
+    ),
 ) -> None:
     """Make a synthetic cohort: multi-phase CT lesions, T1W/T2W MRI of cirrhosis stages, or DCE-MRI."""
     from liverphase.errors import ConfigError
 
+    if center_frac is not None and kind != "ct":
+        raise ConfigError("--center-frac is available for --kind ct only", "center_frac")
     if kind != "mri-dce" and (unlabeled or site.upper() != "A"):
         raise ConfigError("--unlabeled and --site are available for --kind mri-dce only", "kind")
     if kind == "mri-dce":
@@ -96,6 +104,15 @@ def synth(
         raise ConfigError("--healthy is available for --kind mri-cirrhosis only", "healthy")
     from liverphase.synth.ct import synth_ct_cohort
 
+    structure = {}
+    if center_frac is not None:
+        try:
+            low, high = (float(v) for v in center_frac.replace(",", " ").split())
+        except ValueError:
+            raise ConfigError(
+                f"--center-frac takes two numbers 'LOW HIGH', got {center_frac!r}", "center_frac"
+            ) from None
+        structure["center_frac"] = (low, high)
     root = synth_ct_cohort(
         out,
         cases=cases,
@@ -104,6 +121,7 @@ def synth(
         dicom=dicom,
         difficulty=difficulty,
         preset=preset,
+        **structure,
     )
     typer.echo(f"wrote {cases} cases to {root}")
 

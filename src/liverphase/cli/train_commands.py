@@ -135,6 +135,14 @@ def cv(
         help="Pool the RUN's finished folds into metrics and report, with the settings they "
         "recorded (refused if they differ, or a fold is missing); trains nothing.",
     ),
+    locate: str = typer.Option(
+        "given",
+        "--locate",
+        help="given: test studies are cropped around their true lesion. auto: then also predict "
+        "every test study with its mask removed, through a lesion locator each fold trains on its "
+        "training masks (what `predict` uses for an unmarked study); RUN/located/ reports "
+        "detection, AUC and Dice next to the true-location figures.",
+    ),
 ) -> None:
     """k-fold patient-level cross-validation (or the published split): metrics with CIs, ROC,
     report and a bundle per fold. Folds finished with the same settings and data are reused.
@@ -166,6 +174,17 @@ def cv(
         raise ConfigError(f"--splits must be kfold or official, got {splits!r}", "--splits")
     if (fold is not None) + merge + (splits == "official") > 1:
         raise ConfigError("--fold, --merge and --splits official exclude one another", "--fold")
+    from liverphase.inference.located import check_locatable, check_locate
+    from liverphase.train.locator_config import locator_settings
+    from liverphase.train.options import read_experiment_config
+
+    if check_locate(locate) == "auto" and splits == "official":
+        raise ConfigError(
+            "--locate auto scores k-fold test studies: use --splits kfold", "--locate"
+        )
+    locator_config = locator_settings(read_experiment_config(config).get("locator"), config)
+    if locate == "auto":  # before any training: a dataset it cannot learn from fails now
+        check_locatable(dataset)
     if splits == "official":
         from liverphase.evaluate.official import official_summary, run_official
 
@@ -188,6 +207,20 @@ def cv(
         only_fold=fold,
         merge=merge,
     )
+    located = None
+    from liverphase.train.distributed import is_main
+
+    if locate == "auto" and is_main():  # under torchrun, the first process alone
+        from liverphase.inference.located import run_located
+
+        located = run_located(
+            out,
+            dataset,
+            store=Path(cache) / "locators" if cache else None,
+            config=locator_config,
+            only_fold=fold,
+            log=lambda line: typer.echo(line, err=True),
+        )
     if fold is not None:
         typer.echo(f"fold {fold} finished: {result['folder']}")
         typer.echo(f"once every fold is: liverphase cv {dataset} --out {out} --merge")
@@ -200,6 +233,11 @@ def cv(
     if "dice" in pooled:
         typer.echo(f"pooled Dice {pooled['dice']:.3f}")
     typer.echo(f"report: {Path(out) / 'report.md'}")
+    if located is not None:
+        from liverphase.evaluate.located import OUT, headline
+
+        typer.echo(headline(located))
+        typer.echo(f"located report: {Path(out) / OUT / 'report.md'}")
 
 
 @app.command()

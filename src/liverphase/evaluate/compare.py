@@ -2,7 +2,9 @@
 
 The kinetics baseline's row is `KINETICS` ("kinetics regression (true mask)": it reads the lesion
 through the true mask). DeLong p is Obuchowski's clustered test when a patient has several studies;
-the table's footnote (`comparison_note`) names the test.
+the table's footnote (`comparison_note`) names the test. A run with `cv --locate auto` predictions
+gets a second row, "<run> (automatic location)", on the same studies: detection and study-grid Dice
+of the mask it used, AUC with its DeLong p against the reference.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from liverphase.data.splits import splits_from_json
 from liverphase.errors import ConfigError, DatasetError
 from liverphase.evaluate.cv import cached_items
 from liverphase.evaluate.kinetics_baseline import KINETICS_LABEL, kinetics_baseline_cv
+from liverphase.evaluate.located import OUT as LOCATED_OUT
+from liverphase.evaluate.located import read_rows
 from liverphase.evaluate.provenance import check_runs_data
 from liverphase.evaluate.report import (
     COMPARISON_COLUMNS,
@@ -29,7 +33,7 @@ from liverphase.evaluate.report import (
     markdown_table,
 )
 from liverphase.evaluate.segmentation import pooled_segmentation, read_segmentation_csv
-from liverphase.evaluate.stats import paired_bootstrap_p
+from liverphase.evaluate.stats import mean_ci, paired_bootstrap_p
 from liverphase.io.nifti import NnUNetDataset, open_dataset
 from liverphase.models.blocks import count_parameters
 from liverphase.models.registry import create_model
@@ -37,6 +41,8 @@ from liverphase.preprocess.config import PreprocessConfig
 from liverphase.train.profile import profile_one
 
 KINETICS = KINETICS_LABEL  # the baseline's row label, in every table
+# the row of a run's `cv --locate auto` predictions (RUN/located/), beside the run's own
+AUTO_LABEL = "(automatic location)"
 COLUMNS = [
     *COMPARISON_COLUMNS,
     ("params", "Params", ","),
@@ -73,6 +79,8 @@ def table_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, Any]]:
     """COLUMNS, with the segmentation columns inserted when any row has a Dice (and the study-grid
     ones when any row has a study-grid Dice); the timed step only when some row was timed."""
     seg = [*SEGMENTATION_COLUMNS] if any(r.get("dice") is not None for r in rows) else []
+    if any(r.get("detection") is not None for r in rows):
+        seg.insert(0, ("detection", "Detection (95% CI)", "ci"))
     if any(r.get("study_dice") is not None for r in rows):
         seg += STUDY_GRID_COLUMNS
     timed = any(r.get("step_timed_s") is not None for r in rows)
@@ -302,6 +310,10 @@ def compare_runs(
             "step_timed_s": timed_step_seconds(run, ds, timings) if time_steps else None,
             "run": str(run),
         }
+    for label, run in list(runs.items()):  # a run's `cv --locate auto` rows, beside it
+        blind = located_row(run, case_ids, ds.class_names, n_boot, seed)
+        if blind is not None:
+            models[f"{label} {AUTO_LABEL}"], extra[f"{label} {AUTO_LABEL}"] = blind
     items = run_items(ref_run, ds, cache_root or default_cache(ref_run))
     if kinetics:
         probs = kinetics_baseline_cv(items, splits_from_json(ref_splits), ds.class_names, seed)
@@ -319,6 +331,29 @@ def compare_runs(
         row.update(seg.get(row["model"], {}))
         row.update({f"study_{k}": v for k, v in study.get(row["model"], {}).items()})
     return rows
+
+
+def located_row(
+    run: Path, case_ids: Sequence[str], class_names: Sequence[str], n_boot: int, seed: int
+) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """(probabilities in `case_ids` order, detection and study-grid Dice with CIs) of a run's
+    `cv --locate auto` predictions, or None when it has none."""
+    path = Path(run) / LOCATED_OUT / "predictions.csv"
+    if not path.is_file():
+        return None
+    rows = {r["case_id"]: r for r in read_rows(path)}
+    missing = [c for c in case_ids if c not in rows]
+    if missing:
+        raise DatasetError(f"automatic-location predictions lack {missing[:3]}", path)
+    ordered = [rows[c] for c in case_ids]
+    probs = np.asarray([[r["probabilities"][n] for n in class_names] for r in ordered], float)
+    groups = np.asarray([r["patient_id"] for r in ordered])
+    info: dict[str, Any] = dict.fromkeys(("params", "step_s", "train_s", "step_timed_s"))
+    info["run"] = str(path.parent)
+    for key, column in (("detection", "detected"), ("study_dice", "dice")):
+        value, ci = mean_ci(np.asarray([r[column] for r in ordered], float), groups, n_boot, seed)
+        info[key], info[f"{key}_ci"] = float(value), list(ci)
+    return probs, info
 
 
 def segmentation_comparison(

@@ -7,7 +7,9 @@ reference phase grid exactly as stored (size, spacing, origin, direction).
 
 Preprocessing is the bundle's own config; only where the crop comes from is decided here. The
 lesion is located by, in this order: the `mask` argument, the `bbox` argument, the study's own mask
-or bbox (a dataset case), or — for a segmenting model — a coarse pass of the model over the whole
+or bbox (a dataset case), else the bundle's lesion locator (`locator/`, trained by `cv --locate
+auto`: its strongest component over the whole scan is used as the lesion mask, written as
+`locator_mask.nii.gz`), else — for a segmenting model — a coarse pass of the model over the whole
 scan whose largest predicted component gives the box. The crop is then the lesion box (enlarged by
 the mean jitter scale when the bundle trained on jittered boxes, so the crop matches what the model
 saw on average) plus the bundle's margin. Phases go through `lesion.snap` first (canonical
@@ -56,8 +58,11 @@ from liverphase.preprocess.config import PreprocessConfig
 from liverphase.preprocess.pipeline import PreprocessedStudy, map_to_reference, preprocess_study
 from liverphase.preprocess.roi import CropGrid, lesion_mask_on_reference
 from liverphase.train.bundle import load_bundle
+from liverphase.train.locator import FOLDER as LOCATOR_FOLDER
+from liverphase.train.locator import Locator
 
 PREDICTION = "prediction.json"
+LOCATOR_SOURCE = "locator (whole scan)"
 
 
 def bundle_config(meta: dict[str, Any], bundle_dir: Path) -> PreprocessConfig:
@@ -102,6 +107,9 @@ class Predictor:
         self.cv = cv_metrics(self.bundle_dir, self.meta)
         self.identity = bundle_identity(self.bundle_dir, self.meta)
         self._cam: PhaseGradCAM | None = None
+        # a lesion locator trained beside the model (cv --locate auto) finds unmarked lesions
+        found = self.bundle_dir / LOCATOR_FOLDER
+        self.locator = Locator(found, self.device) if found.is_dir() else None
         # the flips the trainer averaged for its test predictions: predict scores studies alike
         training = self.meta.get("training") or {}
         self.tta_flip_axes = tuple(int(a) for a in training.get("tta_flip_axes", ()))
@@ -149,10 +157,15 @@ class Predictor:
         canon = {p: lesion.snap(study.phases[p]) for p in dict.fromkeys([*present, ref])}
 
         tick = time.perf_counter()
-        finds = self.segments or self.config.roi_source == "image"
+        finds = self.segments or self.config.roi_source == "image" or self.locator is not None
         user_mask, box, source = locate(
             study, reference, mask, bbox, bbox_units, warnings, finds, self.organ, self.model_name
         )
+        located = None
+        if box is None and self.locator is not None:  # the bundle's whole-scan lesion locator
+            located = self.locator.find({p: study.phases[p] for p in present}, reference)
+            user_mask, source = located.mask, LOCATOR_SOURCE
+            box = lesion.canonical_box(user_mask)
         if self.config.roi_channel and user_mask is None:
             raise LiverphaseError(
                 f"model {self.model_name!r} reads the lesion through its mask (roi_channel): "
@@ -187,6 +200,8 @@ class Predictor:
         timings["model"] = time.perf_counter() - tick
 
         files: dict[str, Path] = {}
+        if located is not None:  # where the crop came from, for the reader to check
+            files["locator_mask"] = write_label_map(located.mask, out / "locator_mask.nii.gz")
         pred_mask = None
         if seg_prob is not None:
             pred_mask = image_on_grid(
@@ -263,6 +278,7 @@ class Predictor:
             "registration": pre.meta["registration"],
             "crop": {
                 "roi_source": source,
+                **({"locator": located.info()} if located is not None else {}),
                 "scale_mm": pre.meta["scale_mm"],
                 "box_mm": pre.meta["crop"],
             },

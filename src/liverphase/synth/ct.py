@@ -14,7 +14,8 @@ grids, lesion centre and per-phase lesion centroid, flips).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,10 @@ class CTSynthConfig(ConfigBase):
     difficulty: str = "realistic"
     classes: int = 2
     atypical_fraction: float = 0.2
+    # lesion structure: the normalised depth of the lesion's central region, drawn per lesion from
+    # this range (None: each class's own; HCC and ICC 0.45). Other values test whether a model's
+    # region reading merely matches the phantom's constant.
+    center_frac: tuple[float, float] | None = None
 
     def validate(self) -> None:
         """Check ranges, names and that the largest lesion fits the field of view."""
@@ -90,6 +95,10 @@ class CTSynthConfig(ConfigBase):
             raise ConfigError(f"difficulty must be one of {DIFFICULTIES}", "difficulty")
         if self.classes not in (2, 5):
             raise ConfigError("classes must be 2 (HCC, ICC) or 5", "classes")
+        if self.center_frac is not None and not 0 < self.center_frac[0] <= self.center_frac[1] < 1:
+            raise ConfigError(
+                f"center_frac must be 0 < low <= high < 1, got {self.center_frac}", "center_frac"
+            )
         if self.center_on not in ("body", "lesion"):
             raise ConfigError("center_on must be 'body' or 'lesion'", "center_on")
         if (self.grid_size is None) != (self.grid_spacing_mm is None):
@@ -187,7 +196,14 @@ def sample_patient(rng: np.random.Generator, config: CTSynthConfig, label: str) 
     anatomy = sample_anatomy(rng)
     profile, diameter = sample_lesion_draws(rng, config, label)
     touch = bool(rng.random() < config.edge_lesion_fraction)
-    lesion = place_lesion(rng, anatomy, diameter, profile.morph, touch_edge=touch)
+    morph = profile.morph
+    if config.center_frac is not None:
+        # drawn from a copy of the stream: every other draw of the cohort stays as it was, so a
+        # cohort with other structure is the same patients and lesions, paired
+        draw = copy.deepcopy(rng).uniform(*config.center_frac)
+        morph = replace(morph, center_frac=float(draw))
+        profile = replace(profile, morph=morph)
+    lesion = place_lesion(rng, anatomy, diameter, morph, touch_edge=touch)
     return CTPatient(
         anatomy,
         lesion,

@@ -10,7 +10,7 @@ import yaml
 
 from liverphase.errors import ConfigError
 
-CONFIG_SECTIONS = ("train", "preprocess", "model_options")
+CONFIG_SECTIONS = ("train", "preprocess", "model_options", "locator")
 
 
 def parse_model_options(options: list[str]) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def parse_model_options(options: list[str]) -> dict[str, Any]:
 
 
 def read_experiment_config(config: Path | None) -> dict[str, Any]:
-    """The YAML config's sections (train, preprocess, model_options); {} without a file."""
+    """The YAML config's sections (train, preprocess, model_options, locator); {} without a file."""
     if config is None:
         return {}
     if not config.is_file():
@@ -53,6 +53,7 @@ def _check_sections(data: dict[str, Any], path: Path) -> None:
     the YAML file and section: merged with a profile later, they would be blamed on the profile."""
     from liverphase.preprocess.config import PreprocessConfig
     from liverphase.train.config import TrainConfig
+    from liverphase.train.locator_config import locator_settings
 
     train = data.get("train") or {}
     for key, flag in _SET_ELSEWHERE.items():
@@ -60,6 +61,7 @@ def _check_sections(data: dict[str, Any], path: Path) -> None:
             raise ConfigError(f"train: {key!r} is set by {flag}, not in this section", path)
     values = TrainConfig.coerce_fields(train, source=f"{path}: train")
     PreprocessConfig.coerce_fields(data.get("preprocess") or {}, source=f"{path}: preprocess")
+    locator_settings(data.get("locator"), path)  # the whole section: it has no profile to merge
     # ranges on the defaults; `init` may still come from --init, so a stand-in keeps its one
     # cross-field check (freeze_epochs needs init) for the merged config
     try:
