@@ -126,7 +126,6 @@ def _blob_cases(n: int, seed: int) -> list[CoarseCase]:
 
 
 def test_a_trained_locator_finds_lesions_it_never_saw() -> None:
-    torch.set_num_threads(1)
     train, val, test = _blob_cases(24, 0), _blob_cases(6, 1), _blob_cases(10, 2)
     untrained = build_locator(2, TINY).eval()
     before = evaluate_locator(untrained, test, TINY)["detection"]
