@@ -120,7 +120,14 @@ def _blob_cases(n: int, seed: int) -> list[CoarseCase]:
         image[0][ball] += 0.4
         image[1][ball] -= 0.2
         out.append(
-            CoarseCase(f"c{i}", f"p{i}", "HCC", image.astype(np.float32), ball.astype(np.uint8))
+            CoarseCase(
+                f"c{i}",
+                f"p{i}",
+                "HCC",
+                image.astype(np.float32),
+                ball.astype(np.uint8),
+                (4.0, 4.0, 4.0),
+            )
         )
     return out
 

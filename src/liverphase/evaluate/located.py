@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 
 from liverphase.atomic import atomic_write_json, atomic_write_text
-from liverphase.evaluate.metrics import auc_score
 from liverphase.evaluate.predictions import read_predictions
-from liverphase.evaluate.report import format_ci, format_p, markdown_table
+from liverphase.evaluate.report import format_ci, format_p, markdown_table, metrics_block
 from liverphase.evaluate.segmentation import read_segmentation_csv
-from liverphase.evaluate.stats import auc_test, auc_test_name, bootstrap_ci, mean_ci
+from liverphase.evaluate.stats import auc_test, auc_test_name, mean_ci
 from liverphase.preprocess.coarse import MIN_DETECTION_RADIUS_MM
 
 OUT = "located"
@@ -54,18 +53,19 @@ def _size_label(lo: float, hi: float) -> str:
 def _row(
     name: str,
     y: np.ndarray,
-    score: np.ndarray,
+    probs: np.ndarray,
     groups: np.ndarray,
+    class_names: Sequence[str],
     n_boot: int,
     detected: np.ndarray | None = None,
     dice: np.ndarray | None = None,
 ) -> dict[str, Any]:
+    """One table row: AUC and accuracy as the cv report computes them (`metrics_block`: macro AUC
+    beyond two classes), detection and Dice as patient-bootstrap means."""
+    block = metrics_block(y, probs, groups, class_names, n_boot)
     row: dict[str, Any] = {"location": name, "n": int(y.size)}
-    row["auc"] = auc_score(y, score)
-    row["auc_ci"] = list(bootstrap_ci(auc_score, y, score, groups, n_boot))
-    correct = ((score >= 0.5).astype(int) == y).astype(float)
-    acc, acc_ci = mean_ci(correct, groups, n_boot)
-    row["acc"], row["acc_ci"] = float(acc), list(acc_ci)
+    for key in ("auc", "auc_ci", "acc", "acc_ci"):
+        row[key] = block.get(key)
     for key, values in (("detection", detected), ("dice", dice)):
         if values is not None and np.isfinite(values).any():
             value, ci = mean_ci(values, groups, n_boot)
@@ -100,40 +100,46 @@ def located_summary(
     run: Path, rows: Sequence[dict[str, Any]], class_names: Sequence[str], n_boot: int = 1000
 ) -> dict[str, Any]:
     """Metrics of the blind rows beside the run's own (true-location) predictions, same studies."""
-    positive = class_names[-1]  # the binary score is the last class's probability
     ids = [r["case_id"] for r in rows]
     groups = np.asarray([r["patient_id"] for r in rows])
-    y = np.asarray([class_names.index(r["label"]) for r in rows]) == len(class_names) - 1
-    y = y.astype(int)
-    auto = np.asarray([r["probabilities"][positive] for r in rows], float)
+    y = np.asarray([list(class_names).index(r["label"]) for r in rows])
+    auto = np.asarray([[r["probabilities"][c] for c in class_names] for r in rows], float)
     given = read_predictions(run / "predictions.csv")
     where = {c: i for i, c in enumerate(given.case_ids)}
     missing = [c for c in ids if c not in where]
     if missing:
         raise ValueError(f"{len(missing)} blind studies are not in the run's predictions.csv")
-    true_score = np.asarray([given.probs[where[c], -1] for c in ids], float)
+    true_probs = given.probs[[where[c] for c in ids]]
     seg_path = run / "segmentation_study.csv"
     true_dice = None
     if seg_path.is_file():
         seg = read_segmentation_csv(seg_path)
         true_dice = np.asarray([seg.get(c, {}).get("dice", np.nan) for c in ids], float)
     detected = np.asarray([r["detected"] for r in rows], float)
+    dice = np.asarray([r["dice"] for r in rows], float)
     table = [
-        _row("true lesion location (the cv run)", y, true_score, groups, n_boot, dice=true_dice),
         _row(
-            "automatic (--locate auto)",
+            "true lesion location (the cv run)",
             y,
-            auto,
+            true_probs,
             groups,
+            class_names,
             n_boot,
-            detected,
-            np.asarray([r["dice"] for r in rows], float),
+            dice=true_dice,
         ),
+        _row("automatic (--locate auto)", y, auto, groups, class_names, n_boot, detected, dice),
     ]
     found = detected.astype(bool)
-    if found.any() and len(set(y[found])) == 2:
+    if len(set(y[found])) == len(class_names):  # every class among the found lesions
         table.append(
-            _row("automatic, detected lesions only", y[found], auto[found], groups[found], n_boot)
+            _row(
+                "automatic, detected lesions only",
+                y[found],
+                auto[found],
+                groups[found],
+                class_names,
+                n_boot,
+            )
         )
     volumes = np.asarray([r["true_volume_ml"] for r in rows], float)
     by_size = []
@@ -149,14 +155,17 @@ def located_summary(
                     "detection_ci": list(ci),
                 }
             )
-    a1, a2, z, p = auc_test(y, true_score, auto, groups)
+    difference = None
+    if len(class_names) == 2:  # DeLong compares binary AUCs: the positive class's probability
+        a1, a2, z, p = auc_test(y, true_probs[:, 1], auto[:, 1], groups)
+        difference = {"true": a1, "auto": a2, "z": z, "p": p, "test": auc_test_name(groups)}
     errors = np.asarray([r["centre_error_mm"] for r in rows], float)
     return {
         "n_studies": len(rows),
         "n_patients": len(set(groups)),
         "rows": table,
         "detection_by_size": by_size,
-        "auc_difference": {"true": a1, "auto": a2, "z": z, "p": p, "test": auc_test_name(groups)},
+        "auc_difference": difference,
         "centre_error_mm": {
             "median": float(np.nanmedian(errors)),
             "q25": float(np.nanpercentile(errors, 25)),
@@ -204,8 +213,13 @@ def write_located_report(run: Path, summary: dict[str, Any], rows: Sequence[dict
                 ("detection", "detection rate (95% CI)", "ci"),
             ],
         )
-        + f"\nTrue vs automatic location, AUC {diff['true']:.3f} vs {diff['auto']:.3f}: "
-        f"p {format_p(diff['p'])} ({diff['test']}). CIs are percentile bootstraps over patients.\n"
+        + (
+            f"\nTrue vs automatic location, AUC {diff['true']:.3f} vs {diff['auto']:.3f}: "
+            f"p {format_p(diff['p'])} ({diff['test']}). "
+            if diff
+            else "\nAUC: macro one-vs-rest over the classes (no paired test). "
+        )
+        + "CIs are percentile bootstraps over patients.\n"
     )
     atomic_write_text(out / "report.md", text)
     return out / "report.md"
@@ -217,5 +231,6 @@ def headline(summary: dict[str, Any]) -> str:
     return (
         f"located automatically: detection {format_ci(auto.get('detection'), auto.get('detection_ci'))}, "
         f"AUC {format_ci(auto['auc'], auto['auc_ci'])}, Dice {format_ci(auto.get('dice'), auto.get('dice_ci'))} "
-        f"(true location AUC {summary['rows'][0]['auc']:.3f}, p {format_p(summary['auc_difference']['p'])})"
+        f"(true location AUC {summary['rows'][0]['auc']:.3f}"
+        + (f", p {format_p(diff['p'])})" if (diff := summary["auc_difference"]) else ")")
     )

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from liverphase.preprocess.geometry import to_canonical
-from liverphase.preprocess.intensity import window
+from liverphase.preprocess.intensity import mri_channel, mri_stats, window
 
 # One liver window (level, width) in HU: enhanced liver, lesion and vessels inside it, fat, air and
 # bone clipped away (a lesion 40 HU below the portal-venous liver is a fifth of it).
@@ -58,13 +58,6 @@ def antialias(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     return sitk.DiscreteGaussian(image, variance, 32, 0.01, True)
 
 
-def _normalise(array: np.ndarray, modality: str, ct_window: Sequence[float]) -> np.ndarray:
-    if modality == "ct":
-        return window(array, *ct_window)
-    lo, hi = np.percentile(array, MRI_PERCENTILES)
-    return np.clip((array - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
-
-
 def coarse_volume(
     phases: Mapping[str, sitk.Image],
     reference: sitk.Image,
@@ -87,7 +80,12 @@ def coarse_volume(
         moved = sitk.Resample(
             antialias(image, spacing_mm), grid, sitk.Transform(), sitk.sitkLinear, fill
         )
-        out[i] = _normalise(sitk.GetArrayFromImage(moved), modality, ct_window)
+        array = sitk.GetArrayFromImage(moved)
+        if modality == "ct":
+            out[i] = window(array, *ct_window)
+        else:  # the whole phase's own percentiles, as the crop's MRI normalisation reads them
+            offset, scale = mri_stats(image, "percentile", MRI_PERCENTILES)
+            out[i] = mri_channel(array, offset, scale, clip=True)[0]
     return CoarseVolume(out, grid)
 
 

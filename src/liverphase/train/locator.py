@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ class CoarseCase:
     label: str
     image: np.ndarray
     target: np.ndarray
-    spacing_zyx: tuple[float, float, float] = field(default=(4.0, 4.0, 4.0))
+    spacing_zyx: tuple[float, float, float]
 
 
 def build_locator(n_phases: int, config: LocatorConfig) -> UNet:
